@@ -1,0 +1,49 @@
+"""facerender: differentiable rendering of 3D morphable face models and face reenactment.
+
+Install with ``pip install torch==2.13.0`` first (CPU wheel), then ``pip install -e ".[all]"``.
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+extras = {
+    "video": ["av>=12"],
+    "landmarks": ["dlib-bin>=19.24", "face-recognition-models>=0.3.0"],
+    "dev": ["pytest>=7", "pytest-timeout", "matplotlib>=3.7"],
+    # Optional backends: NOT part of "all" (they compile, need CUDA or special install steps).
+    "pytorch3d": ["pytorch3d"],
+    "nvdiffrast": ["nvdiffrast"],
+    "mediapipe": ["mediapipe==0.10.21"],
+}
+extras["all"] = sorted(set(extras["video"] + extras["landmarks"] + extras["dev"]))
+
+setup(
+    name="facerender",
+    version="0.1.0",
+    description="Differentiable rendering of 3D morphable face models, fitting, tracking and face reenactment",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["morphable_models*", "facerender*", "neural_renderers*"]),
+    package_data={"facerender": ["assets/*", "assets/**/*"], "morphable_models": ["data/*"]},
+    include_package_data=True,
+    install_requires=[
+        # torch is pinned by the README commands (install torch==2.13.0 first); any 2.x >= 2.1 works.
+        "torch>=2.1",
+        "numpy>=1.23",
+        "scipy>=1.9",
+        "pillow>=9",
+        "tqdm>=4.60",
+        "kornia>=0.7",
+    ],
+    extras_require=extras,
+    entry_points={"console_scripts": ["facerender=facerender.cli:main"]},
+    classifiers=[
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
