@@ -1,0 +1,196 @@
+"""The ``facerender`` command.
+
+    facerender model install ict-facekit [--from ARCHIVE_OR_FOLDER_OR_URL] [--force]
+    facerender model info
+    facerender render -o face.png [--expressions jawOpen=1,mouthSmile_L=0.5] [--grid]
+    facerender fit IMAGE -o DIR
+    facerender track VIDEO -o DIR
+    facerender reenact --source SRC --target TGT -o DIR
+
+Every command takes ``--home`` (the model cache, default ``$FACERENDER_HOME`` or ``~/.cache/facerender``) and
+``-v`` for more logging. Outputs are written to temporary files and renamed, so a failed run never leaves a
+half-written file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import List, Optional
+
+log = logging.getLogger("facerender")
+
+
+def _cmd_model_install(args) -> int:
+    from morphable_models import ict
+
+    if args.name != "ict-facekit":
+        print(f"unknown model {args.name!r}; available: ict-facekit", file=sys.stderr)
+        return 2
+    src = args.source
+    if src is None:
+        d = ict.default_source()
+        src_desc = str(d) if d is not None else ict.GITHUB_ARCHIVE_URL
+    else:
+        src_desc = src
+    print(f"installing ICT-FaceKit from {src_desc}")
+    import time
+
+    t = time.perf_counter()
+    dest = ict.install_ict(src, home=args.home, progress=not args.quiet, force=args.force)
+    print(f"installed into {dest} ({time.perf_counter() - t:.1f} s); licence: MIT, see {dest / 'LICENSE'}")
+    return 0
+
+
+def _cmd_model_info(args) -> int:
+    from morphable_models import ict
+
+    info = ict.model_info(args.home)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"model        {info['name']}")
+    print(f"file         {info['file']} ({info['file_size_mb']} MB; {info['precision']})")
+    print(f"licence      {info['license']} ({info['license_file']})")
+    print(f"source       {info['source']}")
+    print(f"vertices     {info['vertices']}")
+    print(f"polygons     {info['polygons']} ({info['triangles']} triangles)")
+    print(f"uvs          {info['uvs']} (per corner)")
+    print(f"components   identity {info['identity_components']} (PCA, standard-normal), "
+          f"expression {info['expression_components']} (blendshapes in [0, 1]), "
+          f"extra shapes {', '.join(info['extra_expressions'])}, albedo {info['albedo_components']}")
+    print(f"units/axes   {info['units']}; {info['axes']}")
+    print("landmarks    " + ", ".join(f"{k} ({n})" for k, n in info["landmark_sets"].items()))
+    print("regions      " + ", ".join(f"{k} ({v} v, {f} tri)" for k, (v, f) in info["regions"].items()))
+    return 0
+
+
+def _parse_expressions(text: Optional[str]) -> dict:
+    out = {}
+    if not text:
+        return out
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise SystemExit(f"--expressions: expected NAME=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = float(v)
+        except ValueError:
+            raise SystemExit(f"--expressions: {k}: {v!r} is not a number") from None
+    return out
+
+
+def _cmd_render(args) -> int:
+    from .pipelines.render_model import render_expressions
+
+    exprs = _parse_expressions(args.expressions)
+    path = render_expressions(args.output, expressions=exprs or None, size=args.size, home=args.home,
+                              yaw=args.yaw, grid=not args.single)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_fit(args) -> int:
+    from .fitting.cli import run_fit
+
+    return run_fit(args)
+
+
+def _cmd_track(args) -> int:
+    from .tracking.cli import run_track
+
+    return run_track(args)
+
+
+def _cmd_reenact(args) -> int:
+    from .reenact.cli import run_reenact
+
+    return run_reenact(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="facerender", description=__doc__.split("\n\n")[0])
+    p.add_argument("--home", default=None, help="model cache (default $FACERENDER_HOME or ~/.cache/facerender)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pm = sub.add_parser("model", help="install / inspect face models")
+    msub = pm.add_subparsers(dest="model_command", required=True)
+    pi = msub.add_parser("install", help="convert a face model into the cache")
+    pi.add_argument("name", choices=["ict-facekit"])
+    pi.add_argument("--from", dest="source", default=None,
+                    help="archive (.zip/.tar.*), folder (clone) or URL; default: the shared sample archive if "
+                         "present, else the official GitHub archive")
+    pi.add_argument("--force", action="store_true", help="reinstall even if cached")
+    pi.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pi.set_defaults(func=_cmd_model_install)
+    pinfo = msub.add_parser("info", help="print counts, components, landmark sets, regions, file and licence")
+    pinfo.add_argument("--json", action="store_true")
+    pinfo.set_defaults(func=_cmd_model_info)
+
+    pr = sub.add_parser("render", help="render the default model with expressions to a PNG")
+    pr.add_argument("-o", "--output", required=True, help="output PNG")
+    pr.add_argument("--expressions", default=None,
+                    help="comma-separated NAME=WEIGHT (default: a grid of neutral, jawOpen, smile, blink, ...)")
+    pr.add_argument("--size", type=int, default=256, help="image height and width of each tile")
+    pr.add_argument("--yaw", type=float, default=0.0, help="head yaw in degrees")
+    pr.add_argument("--single", action="store_true", help="one image instead of a grid")
+    pr.set_defaults(func=_cmd_render)
+
+    pf = sub.add_parser("fit", help="fit the model to a photo")
+    pf.add_argument("image")
+    pf.add_argument("-o", "--output", required=True, help="output folder")
+    pf.add_argument("--landmarks", default=None, help="use these landmarks (.pts / .ljson) instead of detecting")
+    pf.add_argument("--face-index", type=int, default=None, help="which detected face (default: the largest)")
+    pf.add_argument("--box", default=None, help="face box x0,y0,x1,y1 in pixels")
+    pf.add_argument("--no-photometric", action="store_true", help="landmarks only")
+    pf.add_argument("--size", type=int, default=256, help="resolution of the photometric fit")
+    pf.set_defaults(func=_cmd_fit)
+
+    pt = sub.add_parser("track", help="track a video (per-frame parameters, overlay video)")
+    pt.add_argument("video")
+    pt.add_argument("-o", "--output", required=True, help="output folder")
+    pt.add_argument("--max-frames", type=int, default=None)
+    pt.add_argument("--size", type=int, default=128, help="resolution of the photometric energy")
+    pt.add_argument("--no-overlay", action="store_true", help="do not write the overlay video")
+    pt.add_argument("--restart", action="store_true", help="ignore a previous partial run in the folder")
+    pt.set_defaults(func=_cmd_track)
+
+    pe = sub.add_parser("reenact", help="Face2Face: transfer the source's expressions onto the target video")
+    pe.add_argument("--source", required=True, help="source video or a folder written by 'facerender track'")
+    pe.add_argument("--target", required=True, help="target video or a folder written by 'facerender track'")
+    pe.add_argument("-o", "--output", required=True, help="output folder")
+    pe.add_argument("--max-frames", type=int, default=None)
+    pe.add_argument("--audio", choices=["target", "source", "none"], default="target")
+    pe.add_argument("--length", choices=["source", "target", "shortest"], default="source")
+    pe.add_argument("--transfer-pose", action="store_true", help="also transfer relative head pose")
+    pe.add_argument("--mouth", choices=["retrieval", "model"], default="retrieval")
+    pe.add_argument("--crop-size", type=int, default=256)
+    pe.set_defaults(func=_cmd_reenact)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from .errors import FaceRenderError
+    from morphable_models.errors import FaceModelError
+
+    try:
+        return int(args.func(args) or 0)
+    except (FaceRenderError, FaceModelError, FileNotFoundError) as e:
+        print(f"facerender: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("facerender: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
