@@ -186,6 +186,8 @@ class GaussNewtonConfig:
             residual evaluation per accepted step, wastes a Jacobian per rejected one). ``None``: yes for
             ``jacobian`` / ``normal_equations`` problems (unless ``energy`` is given), no for autodiff.
         check_rank: flag items whose final ``J^T J`` is numerically rank-deficient (``SolverResult.rank_deficient``).
+        bound_rounds: with bounds and Cholesky, rounds of active-set expansion per step (parameters whose step would
+            leave the box are fixed at the bound and the rest re-solved); 1 = plain projection.
     """
 
     max_iterations: int = 20
@@ -206,6 +208,7 @@ class GaussNewtonConfig:
     jacobian_chunk_size: Optional[int] = None
     linearize_at_trial: Optional[bool] = None
     check_rank: bool = True
+    bound_rounds: int = 4
 
     def __post_init__(self):
         if int(self.max_iterations) != self.max_iterations or self.max_iterations < 0:
@@ -754,6 +757,32 @@ def _solve_cholesky(lin: _Lin, lam: Tensor, rhs: Tensor, keep: Optional[Tensor],
     return h, singular
 
 
+def _solve_cholesky_bounded(lin: _Lin, lam: Tensor, rhs: Tensor, frozen: Tensor, x: Tensor, lo: Tensor, hi: Tensor,
+                            retries: int, rounds: int) -> Tuple[Tensor, Optional[Tensor]]:
+    """The damped step with box bounds by active-set expansion: solve on the free parameters; parameters whose step
+    would leave the box are fixed AT their bound (their step becomes ``bound - x``) and the others are re-solved with
+    the right-hand side corrected for the fixed steps; at most ``rounds`` rounds (then the caller's projection
+    clamps what is left). Without this, a clamped full step is often a poor descent direction and LM only makes
+    progress by growing the damping (many rejected steps)."""
+    fixed = frozen.clone()
+    h_fix = torch.zeros_like(rhs)
+    A_full = lin.H.clone()
+    A_full.diagonal(dim1=-2, dim2=-1).add_(lam.unsqueeze(-1) * lin.D)
+    h, singular = rhs, None
+    for r in range(max(1, rounds)):
+        keep = (~fixed).to(rhs.dtype)
+        rhs_r = rhs if r == 0 else (rhs - (A_full @ h_fix.unsqueeze(-1)).squeeze(-1)) * keep
+        h_free, singular = _solve_cholesky(lin, lam, rhs_r, keep, fixed, retries)
+        h = h_free * keep + h_fix
+        xf = x + h
+        viol = ~fixed & ((xf < lo) | (xf > hi))
+        if r == rounds - 1 or not bool(viol.any()):
+            break
+        h_fix = torch.where(viol, torch.maximum(torch.minimum(xf, hi), lo) - x, h_fix)
+        fixed = fixed | viol
+    return h, singular
+
+
 def _solve_pcg(lin: _Lin, lam: Tensor, rhs: Tensor, keep: Optional[Tensor], iterations: int
                ) -> Tuple[Tensor, Optional[Tensor]]:
     """Jacobi-preconditioned CG for ``(J^T W J + lam D) h = rhs``, a fixed number of steps from ``h = 0``.
@@ -922,12 +951,20 @@ def _lm_loop(ev, cfg, x0, lo, hi, bounded, lam, trial_lin, use_pcg, solver, dev,
         Jh = None
         if use_pcg:
             h, Jh = _solve_pcg(lin, lam_t, rhs, keep, cfg.pcg_iterations)
+        elif bounded:
+            h, singular = _solve_cholesky_bounded(lin, lam_t, rhs, frozen, x, lo, hi, cfg.cholesky_retries,
+                                                  cfg.bound_rounds)
+            if singular is not None:
+                singular = singular.cpu().numpy()
         else:
             h, singular = _solve_cholesky(lin, lam_t, rhs, keep, frozen, cfg.cholesky_retries)
             if singular is not None:
                 singular = singular.cpu().numpy()
+        clamped = None
         if bounded:
-            xt = torch.maximum(torch.minimum(x + h, hi), lo)
+            xf = x + h
+            xt = torch.maximum(torch.minimum(xf, hi), lo)
+            clamped = (xt != xf).any(-1)
             h = xt - x
             pred = lin.decrease(h)
         else:
@@ -965,7 +1002,12 @@ def _lm_loop(ev, cfg, x0, lo, hi, bounded, lam, trial_lin, use_pcg, solver, dev,
         n_acc = int(accept.sum())
         # a short step, or a failed step whose model promised less than rtol (float round-off at the optimum)
         short = np.sqrt(hh) <= cfg.xtol * (np.sqrt(xx) + cfg.xtol)
-        conv = active & (short | (rejected & ok_t & (pr < cfg.rtol * E)))
+        # (not for a step that the box projection cut short: its model decrease says nothing about optimality, and
+        # a larger damping gives a shorter step that the projection alters less)
+        tiny = rejected & ok_t & (pr < cfg.rtol * E)
+        if clamped is not None:
+            tiny &= ~clamped.cpu().numpy()
+        conv = active & (short | tiny)
         if n_acc:
             all_acc = n_acc == B
             acc_t = None if all_acc else torch.from_numpy(accept).to(dev)

@@ -1,0 +1,262 @@
+"""Landmark fitting: pose + identity + expression from 68 2-D landmarks, with a sliding jawline.
+
+Energy (docs/fitting.md derives the weights):
+
+    E = w_lan * (1/L) sum_i c_i rho(||pi(X_i) - l_i|| / s) + w_id * sum_k (alpha_k / sigma_k)^2
+        + w_exp * sum_j (delta_j / sigma_exp)^2
+
+with ``s`` the target's outer-eye-corner distance in pixels (so the energy does not depend on the resolution:
+a landmark error of 0.03 is an NME of 3 %), ``c_i`` the detector's per-point confidence, ``rho`` Huber, and the 17
+jawline points matched each iteration to the closest point of the projected jawline polyline (ICT's extended
+jawlines and the chin), so their correspondence slides along the jaw with head pose. Expression weights are kept
+in [0, 1] by the solver's projected Levenberg-Marquardt.
+
+Solved by :func:`facerender.fitting.solver.solve` with the analytic Jacobian of
+:class:`facerender.fitting.energies.LandmarkTerm` (the model is linear in its coefficients). Batched: B images at
+once (e.g. video frames), CPU or GPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from morphable_models import LinearFaceModel
+
+from ..errors import FittingError, ShapeError
+from .energies import EnergyProblem, LandmarkTerm, PriorTerm
+from .params import Block, ParameterLayout
+from .solver import GaussNewtonConfig, LeastSquaresProblem, SolverResult, solve
+
+# Rigid initialisation uses these stable inner points (eyes, nose, mouth corners).
+_RIGID_POINTS = [27, 28, 29, 30, 31, 33, 35, 36, 39, 42, 45, 48, 54]
+
+
+@dataclass
+class LandmarkFitConfig:
+    """Settings of :func:`fit_landmarks` (defaults = the shipped weights, see docs/fitting.md).
+
+    Attributes:
+        w_landmark: weight of the mean normalised landmark error (squared, Huber beyond ``huber``).
+        w_identity: weight of ``sum (alpha / sigma)^2`` (ICT identity coefficients are standard-normal).
+        w_expression: weight of ``sum (delta / expression_sigma)^2``.
+        expression_sigma: prior standard deviation of blendshape weights (bounds [0, 1] always hold).
+        huber: Huber threshold on a point's error, in eye-corner distances (None: plain least squares).
+        sliding_contour: slide the 17 jawline correspondences along ICT's extended jawline.
+        fit_identity, fit_expression, fit_focal: which sets are free.
+        focal: focal length in pixels (None: ``focal_factor * max(H, W)``).
+        rigid_iterations, max_iterations, rtol: solver budget per solve and the relative-decrease stopping rule.
+        contour_rounds: solves per stage; the jawline correspondences are re-chosen between solves (stops early
+            when they no longer change).
+    """
+
+    w_landmark: float = 1.0
+    w_identity: float = 5.0e-7
+    w_expression: float = 5.0e-6
+    expression_sigma: float = 1.0
+    huber: Optional[float] = 0.1
+    sliding_contour: bool = True
+    fit_identity: bool = True
+    fit_expression: bool = True
+    fit_focal: bool = False
+    focal: Optional[float] = None
+    focal_factor: float = 1.5
+    rigid_iterations: int = 3
+    max_iterations: int = 8
+    contour_rounds: int = 2
+    rtol: float = 1e-3
+
+
+@dataclass
+class LandmarkFitResult:
+    """Result of :func:`fit_landmarks` (batch-first tensors).
+
+    Attributes:
+        rotation: ``(B, 3)`` axis-angle head rotation in model space; translation ``(B, 3)`` in camera space (cm).
+        identity ``(B, K_id)``, expression ``(B, K_exp)``.
+        focal ``(B,)``; principal_point ``(B, 2)``.
+        landmarks_2d: ``(B, 68, 2)`` projected model landmarks (with the final contour correspondences).
+        targets: ``(B, 68, 2)`` the landmarks that were fitted; confidence ``(B, 68)``.
+        energy_history: ``(T, B)`` energies over both stages; status: per item solver status.
+        iterations: ``(B,)`` solver iterations (both stages).
+    """
+
+    rotation: torch.Tensor
+    translation: torch.Tensor
+    identity: torch.Tensor
+    expression: torch.Tensor
+    focal: torch.Tensor
+    principal_point: torch.Tensor
+    landmarks_2d: torch.Tensor
+    targets: torch.Tensor
+    confidence: torch.Tensor
+    energy_history: torch.Tensor
+    status: List[str] = field(default_factory=list)
+    iterations: Optional[torch.Tensor] = None
+
+    @property
+    def energy(self) -> torch.Tensor:
+        return self.energy_history[-1]
+
+    def params(self) -> Dict[str, torch.Tensor]:
+        return {"rotation": self.rotation, "translation": self.translation, "identity": self.identity,
+                "expression": self.expression, "focal": self.focal[:, None]}
+
+
+def default_focal(image_size: Tuple[int, int], factor: float = 1.5) -> float:
+    """``factor * max(H, W)``: about a 37 degree field of view across the longer side with the default factor."""
+    return float(factor) * float(max(image_size))
+
+
+def initial_pose(model: LinearFaceModel, targets: torch.Tensor, focal: torch.Tensor, pp: torch.Tensor,
+                 identity: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A frontal pose whose inner landmarks match the targets' scale and centroid.
+
+    Depth from the ratio of the model's and the image's spread of inner landmarks (``z = f * S_model / S_image``),
+    x and y from their centroids. Returns ``rotation (B, 3)`` (zeros) and ``translation (B, 3)``.
+    """
+    B = targets.shape[0]
+    ids = torch.as_tensor(model.landmarks["ibug68"].vertex_index[_RIGID_POINTS], device=targets.device)
+    X = model.template[ids].to(targets.dtype)
+    if identity is not None:
+        V = model.num_vertices
+        X = X + torch.einsum("bk,knc->bnc", identity, model.identity_basis.view(-1, V, 3)[:, ids].to(targets.dtype))
+    else:
+        X = X.expand(B, -1, -1)
+    Xc = X * torch.tensor([1.0, -1.0, -1.0], dtype=X.dtype, device=X.device)  # frontal: F @ X
+    T = targets[:, _RIGID_POINTS]
+    mX, mT = Xc[..., :2].mean(1), T.mean(1)
+    sX = (Xc[..., :2] - mX[:, None]).norm(dim=-1).mean(1)
+    sT = (T - mT[:, None]).norm(dim=-1).mean(1).clamp_min(1e-6)
+    tz = focal * sX / sT - Xc[..., 2].mean(1)  # z of the model origin so that the mean point depth matches
+    z_mean = tz + Xc[..., 2].mean(1)
+    txy = (mT - pp) * z_mean[:, None] / focal[:, None] - mX
+    return torch.zeros(B, 3, dtype=targets.dtype, device=targets.device), torch.cat([txy, tz[:, None]], 1)
+
+
+def _check_targets(targets: torch.Tensor) -> torch.Tensor:
+    if not isinstance(targets, torch.Tensor):
+        targets = torch.as_tensor(targets)
+    if targets.ndim == 2:
+        targets = targets[None]
+    if targets.ndim != 3 or targets.shape[1:] != (68, 2):
+        raise ShapeError(f"landmarks must be (B, 68, 2) or (68, 2), got {tuple(targets.shape)}")
+    if not targets.is_floating_point():
+        targets = targets.double()
+    if not torch.isfinite(targets).all():
+        raise FittingError("landmarks contain NaN or inf values")
+    return targets
+
+
+def fit_landmarks(
+    model: LinearFaceModel,
+    landmarks: torch.Tensor,
+    image_size: Tuple[int, int],
+    confidence: Optional[torch.Tensor] = None,
+    config: Optional[LandmarkFitConfig] = None,
+    *,
+    focal: Optional[Union[float, torch.Tensor]] = None,
+    principal_point: Optional[torch.Tensor] = None,
+    init: Optional[Dict[str, torch.Tensor]] = None,
+    fixed_identity: Optional[torch.Tensor] = None,
+) -> LandmarkFitResult:
+    """Fit pose, identity and expression to 68 landmarks per image.
+
+    Args:
+        model: a model with the ``ibug68`` landmark set (ICT-FaceKit). Its dtype is used for the fit.
+        landmarks: ``(B, 68, 2)`` pixel positions in the package convention (centres at +0.5).
+        image_size: ``(H, W)``.
+        confidence: ``(B, 68)`` per-point confidence (default 1).
+        config: :class:`LandmarkFitConfig`.
+        focal: pixels (scalar or ``(B,)``); default ``config.focal`` or ``focal_factor * max(H, W)``.
+        principal_point: ``(B, 2)``; default the image centre.
+        init: warm start ``{rotation, translation, identity, expression}`` (skips the rigid initialisation).
+        fixed_identity: ``(B, K_id)`` identity held fixed (e.g. from video bundling).
+    Returns:
+        :class:`LandmarkFitResult`. Numerical trouble is reported in ``status``; parameters are never NaN.
+    """
+    cfg = config or LandmarkFitConfig()
+    dt, dev = model.dtype, model.device
+    targets = _check_targets(landmarks).to(dtype=dt, device=dev)
+    B = targets.shape[0]
+    H, W = int(image_size[0]), int(image_size[1])
+    if H <= 0 or W <= 0:
+        raise ShapeError(f"image_size must be positive, got {image_size}")
+    if confidence is None:
+        conf = torch.ones(B, 68, dtype=dt, device=dev)
+    else:
+        conf = torch.as_tensor(confidence, dtype=dt, device=dev).reshape(-1, 68).expand(B, 68)
+    f = focal if focal is not None else (cfg.focal if cfg.focal is not None else default_focal((H, W), cfg.focal_factor))
+    f = torch.as_tensor(f, dtype=dt, device=dev).reshape(-1).expand(B).clone()
+    pp = (torch.as_tensor(principal_point, dtype=dt, device=dev).reshape(-1, 2).expand(B, 2)
+          if principal_point is not None else torch.tensor([[W / 2.0, H / 2.0]], dtype=dt, device=dev).expand(B, 2))
+    K_id, K_ex = model.num_identity, model.num_expression
+    ident = (fixed_identity.to(dt) if fixed_identity is not None else
+             (init["identity"].to(dt) if init is not None and "identity" in init else
+              torch.zeros(B, K_id, dtype=dt, device=dev)))
+    expr = init["expression"].to(dt) if init is not None and "expression" in init else torch.zeros(
+        B, K_ex, dtype=dt, device=dev)
+    if init is not None and "rotation" in init:
+        rot, trans = init["rotation"].to(dt), init["translation"].to(dt)
+    else:
+        rot, trans = initial_pose(model, targets, f, pp, ident if fixed_identity is not None else None)
+
+    term = LandmarkTerm(model, targets, conf, cfg.w_landmark, cfg.sliding_contour, huber=cfg.huber)
+    priors = [PriorTerm("identity", cfg.w_identity, model.identity_std.to(dt)),
+              PriorTerm("expression", cfg.w_expression,
+                        torch.full((K_ex,), cfg.expression_sigma, dtype=dt, device=dev))]
+    histories, iters, status = [], torch.zeros(B, dtype=torch.long, device=dev), None
+    values = {"rotation": rot, "translation": trans, "identity": ident, "expression": expr, "focal": f[:, None]}
+
+    def run(blocks, iterations, term, rounds):
+        nonlocal values, iters, status
+        layout = ParameterLayout(blocks)
+        fixed = {k: v for k, v in values.items() if k not in layout}
+        problem = EnergyProblem(layout, [term] + priors, fixed, pp)
+        lo, hi = layout.bounds(targets)
+        damping = None
+        for k in range(max(1, rounds)):
+            x0 = layout.join(values)
+            # contour correspondences held fixed during a solve (smooth energy), re-chosen between solves
+            changed = term.freeze_contour(problem.kinematics(x0, False))
+            if k > 0 and not changed:
+                break
+            res: SolverResult = solve(
+                LeastSquaresProblem(residuals=problem.residuals, jacobian=problem.jacobian, lower=lo, upper=hi),
+                x0, GaussNewtonConfig(max_iterations=iterations, rtol=cfg.rtol, linear_solver="cholesky",
+                                      check_rank=False), damping=damping)
+            damping = res.damping
+            values = {**values, **layout.split(res.params)}
+            histories.append(res.energy_history)
+            iters = iters + res.iterations
+            status = res.status_names()
+
+    rigid = [Block("rotation", 3), Block("translation", 3)]
+    if init is None or "rotation" not in init:
+        # rigid alignment on the inner points only (the jawline correspondences need a pose first)
+        inner_conf = conf.clone()
+        inner_conf[:, :17] = 0
+        inner = LandmarkTerm(model, targets, inner_conf, cfg.w_landmark, sliding_contour=False, huber=cfg.huber)
+        run(rigid, cfg.rigid_iterations, inner, 1)
+    blocks = list(rigid)
+    if cfg.fit_focal:
+        blocks.append(Block("focal", 1, 1.0, float("inf")))
+    if cfg.fit_identity and fixed_identity is None:
+        blocks.append(Block("identity", K_id))
+    if cfg.fit_expression:
+        blocks.append(Block("expression", K_ex, 0.0, 1.0))
+    run(blocks, cfg.max_iterations, term, cfg.contour_rounds)
+    # final projected landmarks with the final (re-chosen) correspondences
+    layout = ParameterLayout(blocks)
+    problem = EnergyProblem(layout, [term], {k: v for k, v in values.items() if k not in layout}, pp)
+    term.freeze_contour(None)
+    with torch.no_grad():
+        problem.residuals(layout.join(values))
+    return LandmarkFitResult(
+        rotation=values["rotation"], translation=values["translation"], identity=values["identity"],
+        expression=values["expression"], focal=values["focal"].reshape(-1), principal_point=pp,
+        landmarks_2d=term.last_uv, targets=targets, confidence=conf,
+        energy_history=torch.cat(histories, 0), status=status, iterations=iters,
+    )
