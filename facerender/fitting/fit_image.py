@@ -1,0 +1,357 @@
+"""Single-image fitting: landmarks, then photometric refinement on a face crop, coarse to fine.
+
+``fit_image(image) -> FitResult``:
+
+1. landmarks: dlib by default (the largest face, or a box / index), or user-supplied (``landmarks=``);
+2. :func:`~facerender.fitting.landmark_fit.fit_landmarks` (pose, identity, expression, sliding contour);
+3. photometric refinement on a square crop around the face resampled to ``config.size`` (default 256^2), over a
+   pyramid (``config.levels``): per level and round, the surface samples are re-drawn, the per-vertex albedo is
+   re-estimated in closed form (smoothness + symmetry + mean prior, :mod:`facerender.fitting.albedo`), then
+   Levenberg-Marquardt runs on pose, identity, expression and SH lighting with the energy
+
+       E = w_col E_col + w_lan E_lan + w_id |alpha / sigma|^2 + w_exp |delta / sigma_exp|^2 + w_sh |L - L0|^2
+
+   (docs/fitting.md explains the terms and weights).
+
+Numerical trouble is flagged on the result (``flags``); parameters are never NaN.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from morphable_models import LinearFaceModel
+
+from ..errors import FittingError, NoFaceError, ShapeError
+from ..render.lighting import ambient_light
+from .albedo import AlbedoConfig, VertexAlbedoEstimator, estimate_mean_albedo, mirror_vertex_map
+from .energies import EnergyProblem, LandmarkTerm, PriorTerm
+from .landmark_fit import LandmarkFitConfig, LandmarkFitResult, default_focal, fit_landmarks
+from .params import Block, ParameterLayout
+from .photometric import PhotometricTerm, sample_bilinear
+from .solver import GaussNewtonConfig, LeastSquaresProblem, solve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitConfig:
+    """Settings of :func:`fit_image` (defaults: the shipped weights, see docs/fitting.md).
+
+    Attributes:
+        landmark: settings (and landmark/prior weights) of the landmark stage; the same landmark and prior weights
+            are used in the photometric stage.
+        photometric: run the photometric stage (else landmarks only).
+        size: side of the square face crop used by the photometric stage (pixels).
+        crop_scale: crop side = ``crop_scale`` x the larger side of the landmarks' bounding box.
+        levels: pyramid sides (coarse to fine), each <= ``size``.
+        rounds: alternations (samples, albedo, solve) per level.
+        iterations: LM iterations per round.
+        w_color: weight of the mean l2,1 colour error (colours in [0, 1]).
+        w_sh: weight of the prior ``|L - L_ambient|^2`` on the SH coefficients.
+        max_samples: surface samples per image at the finest level.
+        fit_identity: identity free in the photometric stage.
+        albedo: :class:`AlbedoConfig` of the per-vertex albedo.
+        region: model region rasterised by the colour term.
+    """
+
+    landmark: LandmarkFitConfig = field(default_factory=LandmarkFitConfig)
+    photometric: bool = True
+    size: int = 256
+    crop_scale: float = 1.6
+    levels: Tuple[int, ...] = (64, 128, 256)
+    rounds: int = 2
+    iterations: int = 3
+    w_color: float = 0.01
+    w_sh: float = 1e-5
+    max_samples: int = 4000
+    fit_identity: bool = True
+    albedo: AlbedoConfig = field(default_factory=AlbedoConfig)
+    region: str = "face"
+
+
+@dataclass
+class FitResult:
+    """Parameters of a fitted photo (batch of one; tensors are ``(1, ...)``).
+
+    Attributes:
+        rotation ``(1, 3)`` (axis-angle, model space), translation ``(1, 3)`` (camera space, cm), identity
+        ``(1, K_id)``, expression ``(1, K_exp)`` in [0, 1], sh ``(1, 9, 3)``, albedo ``(V_region, 3)`` per-vertex
+        albedo of the fitted region (vertex ids of ``region`` in the full model), focal ``(1,)`` and principal point
+        ``(1, 2)`` of the FULL image, image_size ``(H, W)``.
+        landmarks: the 68 target points used ``(68, 2)`` and their confidence ``(68,)``; landmarks_2d the model's
+        projected landmarks ``(68, 2)``; box the face box; detector its name.
+        photometric_error: mean l2 colour error over the samples at the finest level (None: landmarks only).
+        energy_history: ``{stage: [energy per iteration]}``; flags: list of warnings; timings: seconds per stage.
+    """
+
+    rotation: torch.Tensor
+    translation: torch.Tensor
+    identity: torch.Tensor
+    expression: torch.Tensor
+    sh: torch.Tensor
+    albedo: Optional[torch.Tensor]
+    focal: torch.Tensor
+    principal_point: torch.Tensor
+    image_size: Tuple[int, int]
+    landmarks: np.ndarray
+    confidence: np.ndarray
+    landmarks_2d: np.ndarray
+    box: Optional[Tuple[float, float, float, float]] = None
+    detector: str = ""
+    region: str = "face"
+    photometric_error: Optional[float] = None
+    energy_history: Dict[str, List[float]] = field(default_factory=dict)
+    flags: List[str] = field(default_factory=list)
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable parameters (lists), as written by ``facerender fit``."""
+        def L(t):
+            return t.detach().cpu().double().numpy().tolist() if isinstance(t, torch.Tensor) else t
+
+        return {
+            "rotation_axis_angle": L(self.rotation[0]), "translation_cm": L(self.translation[0]),
+            "identity": L(self.identity[0]), "expression": L(self.expression[0]), "sh": L(self.sh[0]),
+            "focal_px": float(self.focal[0]), "principal_point_px": L(self.principal_point[0]),
+            "image_size": list(self.image_size), "landmarks": np.asarray(self.landmarks).tolist(),
+            "landmark_confidence": np.asarray(self.confidence).tolist(),
+            "landmarks_projected": np.asarray(self.landmarks_2d).tolist(), "box": self.box,
+            "detector": self.detector, "region": self.region, "photometric_error": self.photometric_error,
+            "energy_history": self.energy_history, "flags": self.flags, "timings_s": self.timings,
+        }
+
+
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _as_image_tensor(image, dtype) -> Tuple[np.ndarray, torch.Tensor]:
+    from ..io.image import read_image, to_uint8_rgb
+
+    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+        arr = read_image(image)
+    else:
+        arr = to_uint8_rgb(image)
+    return arr, torch.from_numpy(arr).to(dtype) / 255.0
+
+
+def crop_face(image: torch.Tensor, center: Tuple[float, float], side: float, size: int) -> torch.Tensor:
+    """Resample the square ``[cx - side/2, cx + side/2] x [cy - side/2, ...]`` of ``image (H, W, 3)`` to
+    ``(size, size, 3)`` (area-like: bilinear from a pre-blurred image when shrinking; replicate border)."""
+    H, W, _ = image.shape
+    x = image.permute(2, 0, 1)[None]
+    factor = side / size
+    if factor > 1.5:  # pre-blur to avoid aliasing
+        k = max(1, int(round(factor)))
+        x = F.avg_pool2d(F.pad(x, (k // 2, k // 2, k // 2, k // 2), mode="replicate"), k, stride=1)
+    t = (torch.arange(size, dtype=image.dtype) + 0.5) / size * side
+    xs = center[0] - side / 2 + t
+    ys = center[1] - side / 2 + t
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([gx / W * 2 - 1, gy / H * 2 - 1], -1)[None]
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0].permute(1, 2, 0)
+
+
+def fit_image(
+    model: LinearFaceModel,
+    image,
+    *,
+    landmarks=None,
+    box: Optional[Sequence[float]] = None,
+    face_index: Optional[int] = None,
+    config: Optional[FitConfig] = None,
+    focal: Optional[float] = None,
+    detector: str = "dlib",
+) -> FitResult:
+    """Fit the model to one photo.
+
+    Args:
+        model: the full model (e.g. ``load_ict()``); its dtype is used for the fit.
+        image: a path, or an image array (gray / RGB / RGBA, uint8 / uint16 / float).
+        landmarks: optional ``(68, 2)`` points (package pixel convention) or a ``Landmarks`` object; skips detection.
+        box, face_index: choose the face to detect (default: the largest).
+        config: :class:`FitConfig`.
+        focal: focal length in pixels (default ``landmark.focal_factor * max(H, W)``).
+        detector: ``"dlib"`` (default) or ``"mediapipe"``.
+    Raises:
+        NoFaceError when no face is found (with detection), FittingError for unusable landmarks.
+    """
+    from ..landmarks.detect import Landmarks, as_landmarks, detect_landmarks
+
+    cfg = config or FitConfig()
+    dt, dev = model.dtype, model.device
+    t0 = time.perf_counter()
+    arr, img = _as_image_tensor(image, dt)
+    H, W = arr.shape[:2]
+    timings: Dict[str, float] = {}
+    if landmarks is None:
+        lm = detect_landmarks(arr, box=box, index=face_index, detector=detector)
+        timings["detection"] = time.perf_counter() - t0
+    else:
+        lm = as_landmarks(landmarks, image_size=(H, W)) if not isinstance(landmarks, Landmarks) else landmarks
+    pts = np.asarray(lm.points, dtype=np.float64)
+    conf = np.asarray(lm.confidence, dtype=np.float64) if lm.confidence is not None else np.ones(68)
+    if pts.shape != (68, 2):
+        raise FittingError(f"fit_image needs 68 landmarks, got an array of shape {pts.shape}")
+    flags: List[str] = []
+    t1 = time.perf_counter()
+    lcfg = cfg.landmark
+    f_full = float(focal) if focal is not None else (lcfg.focal or default_focal((H, W), lcfg.focal_factor))
+    lres = fit_landmarks(model, torch.as_tensor(pts, dtype=dt, device=dev), (H, W),
+                         torch.as_tensor(conf, dtype=dt, device=dev)[None], lcfg, focal=f_full)
+    timings["landmark_fit"] = time.perf_counter() - t1
+    history = {"landmarks": lres.energy_history[:, 0].tolist()}
+    if any(s not in ("converged", "max_iterations") for s in lres.status):
+        flags.append(f"landmark fit: {lres.status[0]}")
+    values = {k: v.clone() for k, v in lres.params().items()}
+    pp_full = lres.principal_point
+    sh0 = ambient_light(1.0, 1, dtype=dt, device=dev).reshape(1, 27)
+    values["sh"] = sh0.clone()
+    albedo = None
+    photo_err = None
+    region_model = model.submodel(cfg.region) if cfg.photometric else None
+    if cfg.photometric:
+        t2 = time.perf_counter()
+        values, albedo, photo_err, hist = _photometric(model, region_model, img.to(dev), pts, conf, values, pp_full,
+                                                       cfg, flags)
+        history.update(hist)
+        timings["photometric_fit"] = time.perf_counter() - t2
+    # final projected landmarks in the full image
+    term = LandmarkTerm(model, torch.as_tensor(pts, dtype=dt, device=dev)[None], None, 1.0,
+                        lcfg.sliding_contour)
+    layout = ParameterLayout([Block("rotation", 3), Block("translation", 3)])
+    prob = EnergyProblem(layout, [term], {k: v for k, v in values.items() if k not in layout}, pp_full)
+    with torch.no_grad():
+        prob.residuals(layout.join(values))
+    for k, v in values.items():
+        if not torch.isfinite(v).all():  # never return NaN parameters
+            flags.append(f"non-finite {k}; replaced by the landmark fit")
+            values[k] = lres.params()[k] if k in lres.params() else sh0
+    timings["total"] = time.perf_counter() - t0
+    return FitResult(
+        rotation=values["rotation"], translation=values["translation"], identity=values["identity"],
+        expression=values["expression"], sh=values["sh"].reshape(1, 9, 3), albedo=albedo,
+        focal=values["focal"].reshape(-1), principal_point=pp_full, image_size=(H, W), landmarks=pts,
+        confidence=conf, landmarks_2d=term.last_uv[0].cpu().numpy(), box=tuple(lm.box) if lm.box is not None else None,
+        detector=lm.detector or "", region=cfg.region, photometric_error=photo_err, energy_history=history,
+        flags=flags, timings=timings,
+    )
+
+
+def _photometric(model, region_model, img, pts, conf, values, pp_full, cfg: FitConfig, flags):
+    dt, dev = model.dtype, model.device
+    lcfg = cfg.landmark
+    lo_xy, hi_xy = pts.min(0), pts.max(0)
+    center = ((lo_xy[0] + hi_xy[0]) / 2, (lo_xy[1] + hi_xy[1]) / 2)
+    side = float(max(hi_xy - lo_xy)) * cfg.crop_scale
+    crop = crop_face(img, center, side, cfg.size)
+    s_full = cfg.size / side
+    x0, y0 = center[0] - side / 2, center[1] - side / 2
+    mirror = model.extra.get("mirror_face")
+    if mirror is None:
+        mirror = mirror_vertex_map(region_model.template.detach().cpu().double().numpy())
+        model.extra["mirror_face"] = mirror
+    estimator = VertexAlbedoEstimator(region_model.num_vertices, region_model.faces.cpu().numpy(), mirror=mirror,
+                                      config=cfg.albedo)
+    K_ex = model.num_expression
+    priors = [PriorTerm("identity", lcfg.w_identity, model.identity_std.to(dt)),
+              PriorTerm("expression", lcfg.w_expression,
+                        torch.full((K_ex,), lcfg.expression_sigma, dtype=dt, device=dev)),
+              PriorTerm("sh", cfg.w_sh, torch.ones(27, dtype=dt, device=dev),
+                        mean=ambient_light(1.0, 1, dtype=dt, device=dev).reshape(1, 27))]
+    blocks = [Block("rotation", 3), Block("translation", 3)]
+    if cfg.fit_identity and lcfg.fit_identity:
+        blocks.append(Block("identity", model.num_identity))
+    if lcfg.fit_expression:
+        blocks.append(Block("expression", K_ex, 0.0, 1.0))
+    blocks.append(Block("sh", 27))
+    layout = ParameterLayout(blocks)
+    albedo = None
+    history: Dict[str, List[float]] = {}
+    err = None
+    f_crop = values["focal"] * s_full
+    pp_crop = (pp_full - torch.tensor([[x0, y0]], dtype=dt, device=dev)) * s_full
+    for level in cfg.levels:
+        level = min(int(level), cfg.size)
+        k = level / cfg.size
+        lvl_img = crop if level == cfg.size else F.interpolate(crop.permute(2, 0, 1)[None], size=(level, level),
+                                                              mode="area")[0].permute(1, 2, 0)
+        lvl_img = lvl_img[None].contiguous()
+        pp = pp_crop * k
+        vals = dict(values)
+        vals["focal"] = f_crop * k
+        targets = torch.as_tensor((pts - np.array([x0, y0])) * s_full * k, dtype=dt, device=dev)[None]
+        lterm = LandmarkTerm(model, targets, torch.as_tensor(conf, dtype=dt, device=dev)[None], lcfg.w_landmark,
+                             lcfg.sliding_contour, huber=lcfg.huber)
+        if albedo is None:
+            albedo = torch.full((region_model.num_vertices, 3), 0.5, dtype=dt, device=dev)
+        pterm = PhotometricTerm(region_model, lvl_img, albedo, cfg.w_color,
+                                max_samples=max(500, int(cfg.max_samples * k * k)))
+        problem = EnergyProblem(layout, [lterm, pterm] + priors,
+                                {kk: v for kk, v in vals.items() if kk not in layout}, pp)
+        damping = None
+        for rnd in range(cfg.rounds):
+            x0v = layout.join(vals)
+            kin = problem.kinematics(x0v, False)
+            lterm.freeze_contour(kin)
+            n = pterm.update_samples(kin)
+            if n < 50:
+                flags.append(f"level {level}: only {n} visible face samples")
+                break
+            # albedo in closed form for the current geometry and lighting
+            albedo = _estimate_albedo(pterm, problem, x0v, estimator, albedo)
+            pterm.albedo = albedo[None]
+            pterm.update_samples(kin)
+            res = solve(LeastSquaresProblem(residuals=problem.residuals, jacobian=problem.jacobian,
+                                            lower=layout.bounds(x0v)[0], upper=layout.bounds(x0v)[1]),
+                        x0v, GaussNewtonConfig(max_iterations=cfg.iterations, rtol=1e-4, linear_solver="cholesky",
+                                               check_rank=False), damping=damping)
+            damping = res.damping
+            history.setdefault(f"level_{level}", []).extend(res.energy_history[:, 0].tolist())
+            if res.status_names()[0] in ("failed_nan", "singular"):
+                flags.append(f"level {level}: solver {res.status_names()[0]}")
+            vals.update(layout.split(res.params))
+        for kk in layout.slices:
+            values[kk] = vals[kk]
+        with torch.no_grad():
+            kin = problem.kinematics(layout.join(vals), False)
+            pterm.evaluate(kin)
+            s = pterm.samples
+            uv = kin.project(kin.camera_points(s["T"] + (s["Bs"] @ kin.coeffs[:, None, :, None]).squeeze(-1)))
+            obs = sample_bilinear(lvl_img, uv)
+            e = (pterm.last_model_colour - obs).norm(dim=-1)
+            err = float((e * s["valid"]).sum() / s["valid"].sum().clamp_min(1))
+    return values, albedo, err, history
+
+
+@torch.no_grad()
+def _estimate_albedo(pterm: PhotometricTerm, problem: EnergyProblem, x: torch.Tensor,
+                     estimator: VertexAlbedoEstimator, previous: torch.Tensor) -> torch.Tensor:
+    """Closed-form per-vertex albedo from the current samples (observed colour / shading)."""
+    from ..render.lighting import sh_basis
+
+    kin = problem.kinematics(x, False)
+    s = pterm.samples
+    X = s["T"] + (s["Bs"] @ kin.coeffs[:, None, :, None]).squeeze(-1)
+    uv = kin.project(kin.camera_points(X))
+    obs = sample_bilinear(pterm.image, uv)[0]
+    n = s["normal"] @ kin.M.transpose(1, 2)
+    L = kin.p["sh"].reshape(-1, 9, 3)
+    shade = ((sh_basis(n) * pterm.kernel) @ L)[0].clamp_min(1e-3)
+    valid = s["valid"][0] > 0
+    if int(valid.sum()) < 50:
+        return previous
+    try:
+        a = estimator(s["face_vertices"][0][valid], s["bary"][0][valid], obs[valid].clamp(0, 1), shade[valid])
+    except (ValueError, RuntimeError) as e:  # degenerate data: keep the previous estimate
+        log.warning("albedo estimation failed (%s); keeping the previous albedo", e)
+        return previous
+    return torch.as_tensor(a, dtype=x.dtype, device=x.device)

@@ -1,0 +1,228 @@
+"""The photometric (colour) term of a face fit, with a structured Gauss-Newton Jacobian.
+
+Definition. The visible face surface is sampled by rasterising the model at the current parameters: every covered
+pixel (on a stride when there are more than ``max_samples``) gives a surface point ``s`` = (triangle, barycentrics).
+Within one solve these surface points are held fixed ON THE SURFACE (like the contour correspondences), so they move
+with the parameters; between solves (pyramid levels, outer rounds) they are re-drawn. For a sample,
+
+    C_model(s) = a(s) * E(R n(s); L) / pi          (per colour channel; a = interpolated per-vertex albedo,
+                                                    n = interpolated model-space normal at sampling time,
+                                                    E = SH irradiance, see facerender.render.lighting)
+    C_image(s) = I(pi(X_cam(s)))                    (bilinear sample of the photo at the projected point)
+
+and the energy is Face2Face's robust l2,1 colour term, averaged over the samples:
+
+    E_col = w_col / S * sum_s ||C_model(s) - C_image(s)||_2
+
+written for the least-squares solver as residuals ``r_s = sqrt(2 w / S) (C_model - C_image) / sqrt(||.|| + eps)``
+with the IRLS factor frozen in the Jacobian. The Jacobian is analytic:
+
+* geometry (rotation, translation, identity, expression): ``-grad I(u_s) . d pi / d X . d X / d theta`` with the image
+  gradient of a lightly smoothed photo (the "inverse" formulation: the photo's gradient gives a wide basin), plus
+  the rotation of the normals in the shading;
+* SH coefficients: linear, ``a A_l Y_k(R n) / pi``.
+
+Normals are held at their sampling-time shape (identity / expression do not change them within a solve; rotation
+does). This is the only approximation, documented in docs/fitting.md.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from morphable_models import LinearFaceModel, vertex_normals
+
+from ..render.lighting import LAMBERTIAN_KERNEL, SH_CONSTANTS, sh_basis
+from ..render.rasterize import RasterSettings, rasterize
+from .energies import Kinematics, Term
+
+
+def sh_basis_derivative(n: torch.Tensor) -> torch.Tensor:
+    """``d Y_k / d n`` of :func:`facerender.render.lighting.sh_basis`: ``(..., 3) -> (..., 9, 3)``."""
+    x, y, z = n.unbind(-1)
+    c = SH_CONSTANTS
+    zero = torch.zeros_like(x)
+    rows = [
+        (zero, zero, zero),
+        (zero, zero + c[1], zero),
+        (zero, zero, zero + c[2]),
+        (zero + c[3], zero, zero),
+        (c[4] * y, c[4] * x, zero),
+        (zero, c[5] * z, c[5] * y),
+        (zero, zero, 6 * c[6] * z),
+        (c[7] * z, zero, c[7] * x),
+        (2 * c[8] * x, -2 * c[8] * y, zero),
+    ]
+    return torch.stack([torch.stack(r, -1) for r in rows], -2)
+
+
+def image_gradient(image: torch.Tensor, sigma: float = 0.8) -> torch.Tensor:
+    """Smoothed central-difference gradient of ``image (B, H, W, C)`` -> ``(B, H, W, C, 2)`` (d/dx, d/dy per pixel)."""
+    x = image.permute(0, 3, 1, 2)
+    if sigma > 0:
+        r = max(1, int(math.ceil(2.5 * sigma)))
+        t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+        k = torch.exp(-0.5 * (t / sigma) ** 2)
+        k = k / k.sum()
+        C = x.shape[1]
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+        x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    gx = 0.5 * (xp[..., 1:-1, 2:] - xp[..., 1:-1, :-2])
+    gy = 0.5 * (xp[..., 2:, 1:-1] - xp[..., :-2, 1:-1])
+    return torch.stack([gx, gy], -1).permute(0, 2, 3, 1, 4)
+
+
+def sample_bilinear(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Sample ``image (B, H, W, C)`` at pixel positions ``uv (B, S, 2)`` (centres at +0.5, border clamped) ->
+    ``(B, S, C)``. Not differentiable w.r.t. ``uv`` on purpose: the term supplies the smoothed image gradient."""
+    B, H, W, C = image.shape
+    grid = torch.stack([uv[..., 0] / W * 2 - 1, uv[..., 1] / H * 2 - 1], -1).unsqueeze(1)  # (B, 1, S, 2)
+    out = F.grid_sample(image.permute(0, 3, 1, 2), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return out[:, :, 0].permute(0, 2, 1)
+
+
+class PhotometricTerm(Term):
+    """Face2Face's robust colour term over visible surface samples (see the module docstring).
+
+    Args:
+        model: the model whose triangles are rasterised for sampling (typically the ``face`` sub-model).
+        image: ``(B, H, W, 3)`` photo in [0, 1] at the resolution of this pyramid level.
+        albedo: ``(B, V, 3)`` or ``(V, 3)`` per-vertex albedo in [0, 1].
+        weight: ``w_col``.
+        max_samples: at most this many samples per image (a pixel stride when the face covers more pixels).
+        eps: smoothing of the l2,1 norm (colour units).
+        min_cos: samples whose normal makes a grazing angle with the view ray (``-n.v < min_cos``) are dropped.
+        sample_mask: optional ``(B, H, W)`` bool, pixels allowed to be sampled (e.g. a skin mask).
+    The SH block ``sh`` holds ``L (9, 3)`` flattened row-major (index ``3 k + c``).
+    """
+
+    name = "photometric"
+
+    def __init__(self, model: LinearFaceModel, image: torch.Tensor, albedo: torch.Tensor, weight: float,
+                 max_samples: int = 4000, eps: float = 0.02, min_cos: float = 0.15,
+                 sample_mask: Optional[torch.Tensor] = None):
+        self.model = model
+        self.image = image
+        self.grad = image_gradient(image)
+        self.albedo = albedo if albedo.ndim == 3 else albedo.unsqueeze(0).expand(image.shape[0], -1, -1)
+        self.weight = weight
+        self.max_samples = max_samples
+        self.eps = eps
+        self.min_cos = min_cos
+        self.sample_mask = sample_mask
+        V = model.num_vertices
+        self.basis = torch.cat([model.identity_basis.view(-1, V, 3), model.expression_basis.view(-1, V, 3)]
+                               ).to(image.dtype)  # (K, V, 3)
+        self.kernel = torch.tensor([LAMBERTIAN_KERNEL[0]] + [LAMBERTIAN_KERNEL[1]] * 3 + [LAMBERTIAN_KERNEL[2]] * 5,
+                                   dtype=image.dtype, device=image.device) / math.pi
+        self.samples = None
+        self.last_model_colour = None
+
+    # ------------------------------------------------------------------------------------------------- samples
+    @torch.no_grad()
+    def update_samples(self, kin: Kinematics) -> int:
+        """Rasterise at ``kin``'s parameters and draw the surface samples. Returns the smallest per-image count."""
+        m = self.model
+        dt = self.image.dtype
+        B, H, W, _ = self.image.shape
+        V = m.num_vertices
+        verts = m.template.to(dt) + torch.einsum("bk,kvc->bvc", kin.coeffs, self.basis)  # (B, V, 3)
+        Xc = kin.camera_points(verts)
+        uv = kin.project(Xc)
+        screen = torch.cat([uv, Xc[..., 2:]], -1)
+        frag = rasterize(screen, m.faces, (H, W), RasterSettings(cull_backfaces=True))
+        n_model = vertex_normals(verts, m.faces)
+        pix, tri, bary = frag.pixel_index, frag.pixel_triangle, frag.pixel_barycentrics.detach()
+        b_of = torch.div(pix, H * W, rounding_mode="floor")
+        if self.sample_mask is not None:
+            keep = self.sample_mask.reshape(-1)[pix]
+            pix, tri, bary, b_of = pix[keep], tri[keep], bary[keep], b_of[keep]
+        faces = m.faces[tri]  # (P, 3)
+        # drop grazing samples (their colour mixes background and the gradient is unreliable)
+        nrm = (n_model[b_of[:, None], faces] * bary[..., None]).sum(1)
+        nrm = F.normalize(nrm, dim=-1)
+        Xs = (Xc[b_of[:, None], faces] * bary[..., None]).sum(1)
+        n_cam = (kin.M[b_of] @ nrm.unsqueeze(-1)).squeeze(-1)
+        cos = -(n_cam * F.normalize(Xs, dim=-1)).sum(-1)
+        ok = cos > self.min_cos
+        pix, tri, bary, b_of, nrm = pix[ok], tri[ok], bary[ok], b_of[ok], nrm[ok]
+        counts = torch.bincount(b_of, minlength=B)
+        S = int(min(self.max_samples, int(counts.max()) if counts.numel() else 0))
+        S = max(S, 1)
+        # per image: an even subsample of its covered pixels
+        order = torch.argsort(b_of, stable=True)
+        pix, tri, bary, b_of, nrm = pix[order], tri[order], bary[order], b_of[order], nrm[order]
+        starts = torch.cumsum(counts, 0) - counts
+        j = torch.arange(S, device=pix.device)
+        take = (j[None].to(dt) * (counts[:, None].to(dt) / S).clamp_min(1.0)).long()  # (B, S)
+        valid = take < counts[:, None]
+        idx = (starts[:, None] + take.clamp_max((counts - 1).clamp_min(0)[:, None])).clamp_min(0)
+        if pix.numel() == 0:
+            valid = torch.zeros(B, S, dtype=torch.bool, device=pix.device)
+            idx = torch.zeros(B, S, dtype=torch.long, device=pix.device)
+            tri = torch.zeros(1, dtype=torch.long, device=pix.device)
+            bary = torch.full((1, 3), 1 / 3, dtype=dt, device=pix.device)
+            nrm = torch.tensor([[0.0, 0.0, 1.0]], dtype=dt, device=pix.device)
+        fv = m.faces[tri[idx]]  # (B, S, 3)
+        bw = bary[idx] * valid[..., None]  # (B, S, 3)
+        bw = torch.where(valid[..., None], bw, torch.full_like(bw, 1 / 3))
+        # surface-point rows of the model: template and basis interpolated at the samples
+        T = (m.template.to(dt)[fv] * bw[..., None]).sum(2)  # (B, S, 3)
+        Bs = torch.einsum("kbsjc,bsj->bsck", self.basis[:, fv], bw)  # (B, S, 3, K)
+        alb = (self.albedo[torch.arange(B, device=fv.device)[:, None, None], fv] * bw[..., None]).sum(2)
+        self.samples = dict(T=T, Bs=Bs, normal=nrm[idx], albedo=alb, valid=valid.to(dt),
+                            count=valid.sum(1).clamp_min(1).to(dt), face_vertices=fv, bary=bw)
+        return int(valid.sum(1).min())
+
+    # ------------------------------------------------------------------------------------------------- evaluate
+    def evaluate(self, kin: Kinematics):
+        s = self.samples
+        if s is None:
+            self.update_samples(kin)
+            s = self.samples
+        B = kin.B
+        X = s["T"] + (s["Bs"] @ kin.coeffs[:, None, :, None]).squeeze(-1)  # (B, S, 3)
+        Xc = kin.camera_points(X)
+        uv = kin.project(Xc)
+        n = (s["normal"] @ kin.M.transpose(1, 2))  # (B, S, 3) camera-space normals
+        Y = sh_basis(n)  # (B, S, 9)
+        L = kin.p["sh"].reshape(B, 9, 3)
+        irr = (Y * self.kernel) @ L  # (B, S, 3)
+        model_col = s["albedo"] * irr
+        img_col = sample_bilinear(self.image, uv)
+        d = model_col - img_col  # (B, S, 3)
+        e = d.detach().norm(dim=-1, keepdim=True)
+        w = (2 * self.weight / s["count"])[:, None, None] * s["valid"][..., None] / (e + self.eps)
+        sw = w.sqrt()
+        r = (sw * d).reshape(B, -1)
+        self.last_model_colour = model_col.detach()
+        if not kin.need_jacobian:
+            return r, None
+        lay = kin.layout
+        S = X.shape[1]
+        # geometry through the photo: -dI/duv (S, 3c, 2) @ dpi/dX (S, 2, 3)
+        g = sample_bilinear(self.grad.reshape(*self.grad.shape[:3], -1), uv).reshape(B, S, 3, 2)
+        Jp = kin.projection_jacobian(Xc)  # (B, S, 2, 3)
+        left = -(g @ Jp) * sw[..., None]  # (B, S, 3, 3)
+        J = kin.image_jacobian(X, Xc, s["Bs"], left)  # (B, S, 3, P)
+        if "focal" in lay:
+            z = Xc[..., 2:3].clamp_min(1e-6)
+            J[..., lay.slices["focal"]] += -(g @ (Xc[..., :2] / z)[..., None]) * sw[..., None]
+        # shading: sh coefficients (linear) and the rotation of the normals
+        if "sh" in lay:
+            a = s["albedo"] * sw  # (B, S, 3)
+            Jsh = (Y * self.kernel)[..., None, :, None] * a[..., :, None, None] * torch.eye(
+                3, dtype=a.dtype, device=a.device)[:, None, :]  # (B, S, 3c, 9, 3)
+            J[..., lay.slices["sh"]] += Jsh.reshape(B, S, 3, 27)
+        if "rotation" in lay:
+            dY = sh_basis_derivative(n)  # (B, S, 9, 3)
+            dirr_dn = torch.einsum("bkc,bskj->bscj", L * self.kernel[:, None], dY)  # (B, S, 3c, 3)
+            dRf = kin.dR * kin.flip[None, :, :, None]  # (B, 3, 3, 3)
+            dn = torch.einsum("bijk,bsj->bsik", dRf, s["normal"])  # (B, S, 3, 3k)
+            J[..., lay.slices["rotation"]] += (s["albedo"] * sw)[..., None] * (dirr_dn @ dn)
+        return r, J.reshape(B, -1, lay.P)
