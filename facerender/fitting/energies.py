@@ -202,7 +202,7 @@ class PriorTerm(Term):
 
 
 def contour_candidate_lines(model: LinearFaceModel, band: float = 0.3, min_abs_x: float = 0.6,
-                            chin_abs_x: float = 1.6):
+                            chin_abs_x: float = 1.6, bin_width: float = 0.2):
     """Candidate vertices of the occluding face contour, one horizontal line per jawline vertex.
 
     The jawline polyline is ICT's right extended jawline, the chin (iBUG point 8) and the left extended jawline. For a
@@ -214,7 +214,7 @@ def contour_candidate_lines(model: LinearFaceModel, band: float = 0.3, min_abs_x
     Returns ``lines (Np, C)`` vertex ids, ``valid (Np, C)``, ``side (Np,)`` (+1 subject's left, -1 right, 0 chin) and the
     number of right-side polyline vertices. Cached on the model (``model.extra``).
     """
-    key = ("contour_lines", band, min_abs_x, chin_abs_x)
+    key = ("contour_lines", band, min_abs_x, chin_abs_x, bin_width)
     if key in model.extra:
         return model.extra[key]
     lm = model.landmarks["ibug68"].vertex_index
@@ -232,7 +232,16 @@ def contour_candidate_lines(model: LinearFaceModel, band: float = 0.3, min_abs_x
             continue
         sel = ((np.abs(F[:, 1] - y) < band) & (np.sign(F[:, 0]) == np.sign(x)) & (np.abs(F[:, 0]) >= min_abs_x)
                & (np.abs(F[:, 0]) <= abs(x) + 1e-6) & (F[:, 2] >= z - 1e-6))
-        ids = np.union1d(face[sel], [poly[k]])
+        cand = face[sel]
+        # one candidate per bin of |x| (the vertex closest to the line's height): the contour search needs the
+        # spread across the cheek, not every vertex (keeps the per-iteration projection cheap)
+        if cand.size:
+            bins = np.floor(np.abs(T[cand, 0]) / bin_width).astype(np.int64)
+            order = np.lexsort((np.abs(T[cand, 1] - y), bins))
+            first = np.ones(order.size, dtype=bool)
+            first[1:] = bins[order][1:] != bins[order][:-1]
+            cand = cand[order][first]
+        ids = np.union1d(cand, [poly[k]])
         lines.append(ids)
     C = max(len(ln) for ln in lines)
     out = np.zeros((len(lines), C), dtype=np.int64)

@@ -63,9 +63,9 @@ class LandmarkFitConfig:
     fit_focal: bool = False
     focal: Optional[float] = None
     focal_factor: float = 1.5
-    rigid_iterations: int = 3
+    rigid_iterations: int = 0
     max_iterations: int = 8
-    contour_rounds: int = 2
+    contour_rounds: int = 1
     rtol: float = 1e-3
 
 
@@ -112,28 +112,41 @@ def default_focal(image_size: Tuple[int, int], factor: float = 1.5) -> float:
 
 def initial_pose(model: LinearFaceModel, targets: torch.Tensor, focal: torch.Tensor, pp: torch.Tensor,
                  identity: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """A frontal pose whose inner landmarks match the targets' scale and centroid.
+    """Closed-form pose from the inner landmarks (the "gold standard" affine camera, as eos initialises).
 
-    Depth from the ratio of the model's and the image's spread of inner landmarks (``z = f * S_model / S_image``),
-    x and y from their centroids. Returns ``rotation (B, 3)`` (zeros) and ``translation (B, 3)``.
+    Solves ``x = A [X; 1]`` for a 2x4 affine camera by linear least squares over the stable inner points, takes the
+    nearest scaled rotation (SVD) as ``s * (first two rows of F R)``, and converts the weak-perspective scale to a
+    depth ``t_z = f / s``. Returns ``rotation (B, 3)`` axis-angle (model space) and ``translation (B, 3)``.
     """
+    from morphable_models.rotation import matrix_to_axis_angle
+
     B = targets.shape[0]
+    dt = targets.dtype
     ids = torch.as_tensor(model.landmarks["ibug68"].vertex_index[_RIGID_POINTS], device=targets.device)
-    X = model.template[ids].to(targets.dtype)
+    X = model.template[ids].to(dt)
     if identity is not None:
         V = model.num_vertices
-        X = X + torch.einsum("bk,knc->bnc", identity, model.identity_basis.view(-1, V, 3)[:, ids].to(targets.dtype))
+        X = X + torch.einsum("bk,knc->bnc", identity, model.identity_basis.view(-1, V, 3)[:, ids].to(dt))
     else:
         X = X.expand(B, -1, -1)
-    Xc = X * torch.tensor([1.0, -1.0, -1.0], dtype=X.dtype, device=X.device)  # frontal: F @ X
     T = targets[:, _RIGID_POINTS]
-    mX, mT = Xc[..., :2].mean(1), T.mean(1)
-    sX = (Xc[..., :2] - mX[:, None]).norm(dim=-1).mean(1)
-    sT = (T - mT[:, None]).norm(dim=-1).mean(1).clamp_min(1e-6)
-    tz = focal * sX / sT - Xc[..., 2].mean(1)  # z of the model origin so that the mean point depth matches
-    z_mean = tz + Xc[..., 2].mean(1)
-    txy = (mT - pp) * z_mean[:, None] / focal[:, None] - mX
-    return torch.zeros(B, 3, dtype=targets.dtype, device=targets.device), torch.cat([txy, tz[:, None]], 1)
+    mX, mT = X.mean(1, keepdim=True), T.mean(1, keepdim=True)
+    Xc, Tc = X - mX, T - mT  # centred: the affine translation drops out
+    A = torch.linalg.lstsq(Xc, Tc).solution.mT  # (B, 2, 3)
+    U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+    rows = U @ Vh  # (B, 2, 3) nearest orthonormal rows
+    scale = S.mean(-1)  # pixels per cm
+    r3 = torch.cross(rows[:, 0], rows[:, 1], dim=-1)
+    M = torch.cat([rows, r3[:, None]], 1)  # camera-from-model rotation = F R
+    R = M * torch.tensor([1.0, -1.0, -1.0], dtype=dt, device=M.device).reshape(3, 1)
+    # a mirrored solution (det -1) cannot occur: r3 = r1 x r2. Depth from the weak-perspective scale:
+    tz = focal / scale
+    # the centroid X_m must project to the target centroid: (M X_m + t) at depth ~ tz
+    MX = (M @ mX.mT).squeeze(-1)  # (B, 3)
+    z = tz
+    txy = (mT[:, 0] - pp) * z[:, None] / focal[:, None] - MX[:, :2]
+    t = torch.cat([txy, (z - MX[:, 2])[:, None]], 1)
+    return matrix_to_axis_angle(R), t
 
 
 def _check_targets(targets: torch.Tensor) -> torch.Tensor:
@@ -224,7 +237,8 @@ def fit_landmarks(
             if k > 0 and not changed:
                 break
             res: SolverResult = solve(
-                LeastSquaresProblem(residuals=problem.residuals, jacobian=problem.jacobian, lower=lo, upper=hi),
+                LeastSquaresProblem(normal_equations=problem.normal_equations, lower=lo,
+                                    upper=hi),
                 x0, GaussNewtonConfig(max_iterations=iterations, rtol=cfg.rtol, linear_solver="cholesky",
                                       check_rank=False), damping=damping)
             damping = res.damping
@@ -234,7 +248,7 @@ def fit_landmarks(
             status = res.status_names()
 
     rigid = [Block("rotation", 3), Block("translation", 3)]
-    if init is None or "rotation" not in init:
+    if (init is None or "rotation" not in init) and cfg.rigid_iterations > 0:
         # rigid alignment on the inner points only (the jawline correspondences need a pose first)
         inner_conf = conf.clone()
         inner_conf[:, :17] = 0
