@@ -402,7 +402,9 @@ def test_registry():
 def test_missing_optional_backend_names_the_extra(name, extra):
     if name in available_backends():
         pytest.skip(f"{name} is installed here")
-    from facerender.render import rasterize as module
+    import importlib
+
+    module = importlib.import_module("facerender.render.rasterize")
 
     module._REGISTRY[name].instance = None
     with pytest.raises(BackendUnavailableError, match=rf'facerender\[{extra}\]'):

@@ -205,7 +205,7 @@ def fit_image(
     t1 = time.perf_counter()
     lcfg = cfg.landmark
     f_full = float(focal) if focal is not None else (lcfg.focal or default_focal((H, W), lcfg.focal_factor))
-    lres = fit_landmarks(model, torch.as_tensor(pts, dtype=dt, device=dev), (H, W),
+    lres = fit_landmarks(model, torch.as_tensor(pts.copy(), dtype=dt, device=dev), (H, W),
                          torch.as_tensor(conf, dtype=dt, device=dev)[None], lcfg, focal=f_full)
     timings["landmark_fit"] = time.perf_counter() - t1
     history = {"landmarks": lres.energy_history[:, 0].tolist()}

@@ -136,6 +136,13 @@ def initial_pose(model: LinearFaceModel, targets: torch.Tensor, focal: torch.Ten
     U, S, Vh = torch.linalg.svd(A, full_matrices=False)
     rows = U @ Vh  # (B, 2, 3) nearest orthonormal rows
     scale = S.mean(-1)  # pixels per cm
+    # degenerate targets (all points equal, collinear ...): fall back to a frontal pose at a nominal depth
+    bad = ~(torch.isfinite(rows).all(-1).all(-1) & torch.isfinite(scale) & (scale > 1e-6 * focal))
+    if bool(bad.any()):
+        eye2 = torch.eye(3, dtype=dt, device=rows.device)[:2] * torch.tensor([[1.0], [-1.0]], dtype=dt,
+                                                                                device=rows.device)
+        rows = torch.where(bad[:, None, None], eye2, rows)
+        scale = torch.where(bad, focal / 60.0, scale)
     r3 = torch.cross(rows[:, 0], rows[:, 1], dim=-1)
     M = torch.cat([rows, r3[:, None]], 1)  # camera-from-model rotation = F R
     R = M * torch.tensor([1.0, -1.0, -1.0], dtype=dt, device=M.device).reshape(3, 1)
