@@ -157,6 +157,34 @@ class Term:
         return J.mT @ J, (J.mT @ r.unsqueeze(-1)).squeeze(-1), 0.5 * r.square().sum(1)
 
 
+def robust_point_residuals(d: torch.Tensor, kind: Optional[str], c) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Robust loss on per-point residual vectors ``d (..., k)``: the energy of a point is ``0.5 * phi(||d||)``.
+
+    Returns the square-root residual ``r = d * sqrt(phi(n)) / n`` (differentiable: ``0.5 ||r||^2`` IS the energy, so
+    autodiff of it gives the exact gradient) and the IRLS weight ``omega = phi'(n) / (2 n)`` ``(..., 1)`` (no
+    gradient): the Gauss-Newton system uses ``J^T omega J`` and ``J^T omega d``, which is the exact gradient.
+
+    kind: None (``phi = n^2``), ``"huber"`` (``n^2`` up to ``c``, then ``2 c n - c^2``) or ``"l21"`` (smoothed l2,1:
+    ``phi = 2 (sqrt(n^2 + c^2) - c)``, i.e. ``0.5 phi ~ n``). ``c``: scalar or broadcastable to ``(..., 1)``.
+    """
+    if kind is None:
+        return d, torch.ones_like(d[..., :1])
+    n2 = (d * d).sum(-1, keepdim=True)
+    n = n2.clamp_min(1e-30).sqrt()
+    if kind == "huber":
+        big = n > c
+        phi = torch.where(big, 2 * c * n - c * c, n2)
+        omega = torch.where(big, c / n, torch.ones_like(n))
+    elif kind == "l21":
+        root = (n2 + c * c).sqrt()
+        phi = 2 * (root - c)
+        omega = 1.0 / root
+    else:
+        raise ValueError(f"robust kind must be None, 'huber' or 'l21', got {kind!r}")
+    scale = torch.where(n2 > 0, (phi / n2.clamp_min(1e-30)).clamp_min(0).sqrt(), omega.sqrt())
+    return d * scale, omega.detach()
+
+
 class PriorTerm(Term):
     """``sqrt(w) * (value - mean) / sigma`` for one parameter block (free or not: no rows when fixed)."""
 
@@ -399,25 +427,26 @@ class LandmarkTerm(Term):
         self.last_uv = uv.detach()
         B = kin.B
         w = self.sqrt_w * self.conf.sqrt()[..., None] / self.scale[:, None, None]  # (B, L, 1)
-        if self.huber is not None:
-            # Huber on each point's normalised error e (units: eye-corner distance), as a plain least-squares
-            # residual (Triggs' square-root form): r = d * sqrt(rho(e)) / e, so ||r||^2 = rho(e). The Jacobian
-            # treats the factor as constant (IRLS).
-            with torch.no_grad():
-                e = ((uv - self.targets) / self.scale[:, None, None]).norm(dim=-1, keepdim=True)
-                c = self.huber
-                factor = torch.where(e > c, (2 * c / e.clamp_min(1e-12) - c * c / e.clamp_min(1e-12) ** 2).sqrt(),
-                                     torch.ones_like(e))
-            w = w * factor
-        r = (w * (uv - self.targets)).reshape(B, -1)
+        d = w * (uv - self.targets)
+        # Huber on each point's normalised error (threshold ``huber`` eye-corner distances), see
+        # robust_point_residuals: r is the square-root residual, omega the IRLS weight
+        r, omega = robust_point_residuals(d, "huber" if self.huber is not None else None,
+                                          None if self.huber is None else w * self.scale[:, None, None] * self.huber)
+        r = r.reshape(B, -1)
         if not kin.need_jacobian:
             return r, None
-        Jp = kin.projection_jacobian(Xc) * w[..., None]
+        sw = omega.sqrt() * w  # (B, L, 1)
+        Jp = kin.projection_jacobian(Xc) * sw[..., None]
         J = kin.image_jacobian(X, Xc, Bs, Jp)
         if "focal" in kin.layout:
             z = Xc[..., 2:3].clamp_min(1e-6)
-            J[..., kin.layout.slices["focal"]] = (w * Xc[..., :2] / z)[..., None]
+            J[..., kin.layout.slices["focal"]] = (sw * Xc[..., :2] / z)[..., None]
+        self._rw = (omega.sqrt() * d.detach()).reshape(B, -1)  # J^T rw is the exact gradient
         return r, J.reshape(B, -1, kin.layout.P)
+
+    def normal_equations(self, kin: Kinematics):
+        r, J = self.evaluate(kin)
+        return J.mT @ J, (J.mT @ self._rw.unsqueeze(-1)).squeeze(-1), 0.5 * r.square().sum(1)
 
 
 class EnergyProblem:
@@ -438,6 +467,8 @@ class EnergyProblem:
         return torch.cat([t.evaluate(kin)[0] for t in self.terms], 1)
 
     def jacobian(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(r, J)``: square-root residuals and IRLS-weighted Jacobians. For robust terms ``J^T r`` is NOT the exact
+        gradient (use :meth:`normal_equations`, which is); fine for plain least-squares terms."""
         kin = self.kinematics(x, True)
         rs, Js = zip(*(t.evaluate(kin) for t in self.terms))
         return torch.cat(rs, 1), torch.cat(Js, 1)

@@ -56,6 +56,9 @@ class FitConfig:
         iterations: LM iterations per round.
         w_color: weight of the mean l2,1 colour error (colours in [0, 1]).
         w_sh: weight of the prior ``|L - L_ambient|^2`` on the SH coefficients.
+        w_identity: identity prior weight of the photometric stage (stronger than the landmark stage's: the dense
+            colour term leaves the depth / head-size valley flat, and a well-posed identity makes Gauss-Newton
+            converge in ~10 iterations instead of crawling along it).
         max_samples: surface samples per image at the finest level.
         fit_identity: identity free in the photometric stage.
         albedo: :class:`AlbedoConfig` of the per-vertex albedo.
@@ -69,8 +72,9 @@ class FitConfig:
     levels: Tuple[int, ...] = (64, 128, 256)
     rounds: int = 2
     iterations: int = 3
-    w_color: float = 0.01
+    w_color: float = 0.003
     w_sh: float = 1e-5
+    w_identity: float = 1e-6
     max_samples: int = 4000
     fit_identity: bool = True
     albedo: AlbedoConfig = field(default_factory=AlbedoConfig)
@@ -262,7 +266,7 @@ def _photometric(model, region_model, img, pts, conf, values, pp_full, cfg: FitC
     estimator = VertexAlbedoEstimator(region_model.num_vertices, region_model.faces.cpu().numpy(), mirror=mirror,
                                       config=cfg.albedo)
     K_ex = model.num_expression
-    priors = [PriorTerm("identity", lcfg.w_identity, model.identity_std.to(dt)),
+    priors = [PriorTerm("identity", cfg.w_identity, model.identity_std.to(dt)),
               PriorTerm("expression", lcfg.w_expression,
                         torch.full((K_ex,), lcfg.expression_sigma, dtype=dt, device=dev)),
               PriorTerm("sh", cfg.w_sh, torch.ones(27, dtype=dt, device=dev),
@@ -310,7 +314,7 @@ def _photometric(model, region_model, img, pts, conf, values, pp_full, cfg: FitC
             albedo = _estimate_albedo(pterm, problem, x0v, estimator, albedo)
             pterm.albedo = albedo[None]
             pterm.update_samples(kin)
-            res = solve(LeastSquaresProblem(residuals=problem.residuals, jacobian=problem.jacobian,
+            res = solve(LeastSquaresProblem(normal_equations=problem.normal_equations,
                                             lower=layout.bounds(x0v)[0], upper=layout.bounds(x0v)[1]),
                         x0v, GaussNewtonConfig(max_iterations=cfg.iterations, rtol=1e-4, linear_solver="cholesky",
                                                check_rank=False), damping=damping)
