@@ -55,7 +55,8 @@ class TrackerConfig:
         size: side of the square face crop of the colour term (pixels); crop_scale: crop side / landmark box side.
         max_samples: colour samples per frame.
         iterations: LM iterations per frame.
-        w_color, w_sh: colour weight and SH prior weight (as in :class:`~facerender.fitting.fit_image.FitConfig`).
+        w_color, w_sh, w_identity: colour weight, SH and identity prior weights of the bundling and per-frame
+            photometric solves (as in :class:`~facerender.fitting.fit_image.FitConfig`).
         w_temporal: weight of the temporal term; temporal_sigma: per-frame change that costs one unit, per block.
         velocity: fraction of the last velocity in the prediction (0: previous frame, 1: constant velocity).
         bundle_iterations, bundle_levels: bundling budget; bundle_size: crop side during bundling.
@@ -69,9 +70,10 @@ class TrackerConfig:
     crop_scale: float = 1.6
     max_samples: int = 1500
     iterations: int = 3
-    w_color: float = 0.01
+    w_color: float = 0.003
     w_sh: float = 1e-5
-    w_temporal: float = 1e-3
+    w_identity: float = 1e-6
+    w_temporal: float = 1e-4
     temporal_sigma: Dict[str, float] = field(default_factory=lambda: {
         "rotation": 0.02, "translation": 0.3, "expression": 0.15, "sh": 0.2})
     velocity: float = 0.5
@@ -87,8 +89,10 @@ class FrameResult:
 
     Attributes:
         rotation (3,) axis-angle (model space), translation (3,) cm (camera space), expression (K_exp,), sh (9, 3),
-        landmarks_2d (68, 2) projected model landmarks (NaN-free; the prediction when bridged), energy (float, NaN
-        when no solve ran), flags (e.g. "no_face", "bridged", "solver_failed"), solve_ms.
+        landmarks_2d (68, 2) the fitted landmarks (model points matched to the targets; the 17 jawline points slide
+        along the contour with the detections), model_landmarks_2d (68, 2) the projection of the model's fixed
+        iBUG-68 vertices (independent of the detections: what the jitter of the track is measured on), energy
+        (float, NaN when no solve ran), flags (e.g. "no_face", "bridged", "solver_failed"), solve_ms.
     """
 
     rotation: np.ndarray
@@ -99,6 +103,7 @@ class FrameResult:
     energy: float
     flags: List[str] = field(default_factory=list)
     solve_ms: float = 0.0
+    model_landmarks_2d: Optional[np.ndarray] = None
 
 
 def model_with_identity(model: LinearFaceModel, identity: torch.Tensor) -> LinearFaceModel:
@@ -227,7 +232,7 @@ class FaceTracker:
             terms.append(pterm)
         K_ex = model.num_expression
         # the identity is shared: each of the K items carries 1/K of its prior (the Schur step sums the items)
-        terms += [PriorTerm("identity", lc.w_identity / K, model.identity_std.to(dt)),
+        terms += [PriorTerm("identity", cfg.w_identity / K, model.identity_std.to(dt)),
                   PriorTerm("expression", lc.w_expression, torch.full((K_ex,), lc.expression_sigma, dtype=dt,
                                                                        device=dev)),
                   PriorTerm("sh", cfg.w_sh, torch.ones(27, dtype=dt, device=dev),
@@ -383,7 +388,7 @@ class FaceTracker:
         lterm.freeze_contour(kin)
         if pterm is not None and pterm.update_samples(kin) < 30:
             flags.append("few_colour_samples")
-        res = solve(LeastSquaresProblem(residuals=problem.residuals, jacobian=problem.jacobian, lower=lo, upper=hi),
+        res = solve(LeastSquaresProblem(normal_equations=problem.normal_equations, lower=lo, upper=hi),
                     x0, GaussNewtonConfig(max_iterations=cfg.iterations, rtol=1e-4, linear_solver="cholesky",
                                           check_rank=False))
         status = res.status_names()[0]
@@ -396,6 +401,7 @@ class FaceTracker:
             problem.residuals(res.params)
         lm2d = lterm.last_uv[0] / s + off[0]
         out = {k: values[k] for k in ("rotation", "translation", "expression")}
+        fixed_lm = self._project_model_landmarks(out)
         out["sh"] = values.get("sh", ambient_light(1.0, 1, dtype=dt, device=dev).reshape(1, 27))
         self._push(out)
         self.bridged = 0
@@ -403,7 +409,20 @@ class FaceTracker:
             rotation=out["rotation"][0].cpu().numpy(), translation=out["translation"][0].cpu().numpy(),
             expression=out["expression"][0].cpu().numpy(), sh=out["sh"][0].reshape(9, 3).cpu().numpy(),
             landmarks_2d=lm2d.cpu().numpy(), energy=float(res.energy[0]), flags=flags,
-            solve_ms=(time.perf_counter() - t0) * 1e3)
+            solve_ms=(time.perf_counter() - t0) * 1e3, model_landmarks_2d=fixed_lm)
+
+    @torch.no_grad()
+    def _project_model_landmarks(self, p: Dict[str, torch.Tensor]) -> np.ndarray:
+        """The model's fixed iBUG-68 vertices projected with parameters ``p`` -> ``(68, 2)`` pixels."""
+        from morphable_models.geometry import model_to_camera
+
+        model = self._id_model or self.model
+        lm_ids = torch.as_tensor(model.landmarks["ibug68"].vertex_index, device=self.dev)
+        V = model.num_vertices
+        X = model.template[lm_ids] + (p["expression"] @ model.expression_basis).view(-1, V, 3)[:, lm_ids]
+        Xc = model_to_camera(X, p["rotation"], p["translation"])
+        uv = Xc[..., :2] / Xc[..., 2:].clamp_min(1e-3) * self.focal + self.pp[:, None]
+        return np.nan_to_num(uv[0].cpu().numpy())
 
     def _bridge(self, pred, flags, t0) -> FrameResult:
         """No usable solve: carry the prediction (velocity decays) and flag the frame."""
@@ -420,19 +439,12 @@ class FaceTracker:
             self._push(pred)
             self._push(pred)
         self.bridged += 1
-        model = self._id_model or self.model
-        with torch.no_grad():
-            from morphable_models.geometry import model_to_camera
-
-            lm_ids = torch.as_tensor(model.landmarks["ibug68"].vertex_index, device=dev)
-            verts = model(expression=pred["expression"]).vertices
-            Xc = model_to_camera(verts[:, lm_ids], pred["rotation"], pred["translation"])
-            uv = Xc[..., :2] / Xc[..., 2:].clamp_min(1e-3) * self.focal + self.pp[:, None]
+        uv = self._project_model_landmarks(pred)
         return FrameResult(
             rotation=pred["rotation"][0].cpu().numpy(), translation=pred["translation"][0].cpu().numpy(),
             expression=pred["expression"][0].cpu().numpy(), sh=pred["sh"][0].reshape(9, 3).cpu().numpy(),
-            landmarks_2d=np.nan_to_num(uv[0].cpu().numpy()), energy=float("nan"), flags=flags + ["bridged"],
-            solve_ms=(time.perf_counter() - t0) * 1e3)
+            landmarks_2d=uv, energy=float("nan"), flags=flags + ["bridged"],
+            solve_ms=(time.perf_counter() - t0) * 1e3, model_landmarks_2d=uv)
 
     # ------------------------------------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
