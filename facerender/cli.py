@@ -2,7 +2,7 @@
 
     facerender model install ict-facekit [--from ARCHIVE_OR_FOLDER_OR_URL] [--force]
     facerender model info
-    facerender render -o face.png [--expressions jawOpen=1,mouthSmile_L=0.5] [--grid]
+    facerender render -o face.png [--expressions jawOpen=1,mouthSmile_L=0.5] [--single]
     facerender fit IMAGE -o DIR
     facerender track VIDEO -o DIR
     facerender reenact --source SRC --target TGT -o DIR
@@ -165,8 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--target", required=True, help="target video or a folder written by 'facerender track'")
     pe.add_argument("-o", "--output", required=True, help="output folder")
     pe.add_argument("--max-frames", type=int, default=None)
-    pe.add_argument("--audio", choices=["target", "source", "none"], default="target")
-    pe.add_argument("--length", choices=["source", "target", "shortest"], default="source")
+    pe.add_argument("--audio", choices=["auto", "target", "source", "none"], default="auto",
+                    help="audio of the output (auto: the video whose length the output follows)")
+    pe.add_argument("--length", choices=["source", "target", "shortest"], default="source",
+                    help="follow the source's length (the target ping-pongs), the target's, or the shorter")
     pe.add_argument("--transfer-pose", action="store_true", help="also transfer relative head pose")
     pe.add_argument("--mouth", choices=["retrieval", "model"], default="retrieval")
     pe.add_argument("--crop-size", type=int, default=256)

@@ -147,19 +147,33 @@ def _as_image_tensor(image, dtype) -> Tuple[np.ndarray, torch.Tensor]:
 
 
 def crop_face(image: torch.Tensor, center: Tuple[float, float], side: float, size: int) -> torch.Tensor:
-    """Resample the square ``[cx - side/2, cx + side/2] x [cy - side/2, ...]`` of ``image (H, W, 3)`` to
-    ``(size, size, 3)`` (area-like: bilinear from a pre-blurred image when shrinking; replicate border)."""
+    """Resample the square ``[cx - side/2, cx + side/2] x [cy - side/2, ...]`` of ``image (H, W, 3)`` (float in
+    [0, 1], or uint8: converted) to
+    ``(size, size, 3)`` (bilinear; a box pre-blur when shrinking by more than 1.5x; replicate border). Only the
+    window around the square is processed, so the cost does not depend on the image size."""
     H, W, _ = image.shape
-    x = image.permute(2, 0, 1)[None]
     factor = side / size
-    if factor > 1.5:  # pre-blur to avoid aliasing
-        k = max(1, int(round(factor)))
+    k = max(1, int(round(factor))) if factor > 1.5 else 1
+    k += 1 - k % 2  # an odd box (centred: no half-pixel shift)
+    pad = k + 2
+    c0 = int(max(0, math.floor(center[0] - side / 2) - pad))
+    c1 = int(min(W, math.ceil(center[0] + side / 2) + pad))
+    r0 = int(max(0, math.floor(center[1] - side / 2) - pad))
+    r1 = int(min(H, math.ceil(center[1] + side / 2) + pad))
+    if c1 <= c0 or r1 <= r0:  # the square lies outside the image: replicate the nearest border pixels
+        c0, c1 = (0, 1) if center[0] < W / 2 else (W - 1, W)
+        r0, r1 = (0, 1) if center[1] < H / 2 else (H - 1, H)
+    x = image[r0:r1, c0:c1].permute(2, 0, 1)[None]
+    if not x.is_floating_point():  # uint8: convert the window only
+        x = x.float() / 255.0
+    if k > 1:  # pre-blur to avoid aliasing
         x = F.avg_pool2d(F.pad(x, (k // 2, k // 2, k // 2, k // 2), mode="replicate"), k, stride=1)
-    t = (torch.arange(size, dtype=image.dtype) + 0.5) / size * side
-    xs = center[0] - side / 2 + t
-    ys = center[1] - side / 2 + t
+    h, w = x.shape[-2:]
+    t = (torch.arange(size, dtype=x.dtype) + 0.5) / size * side
+    xs = center[0] - side / 2 + t - c0
+    ys = center[1] - side / 2 + t - r0
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    grid = torch.stack([gx / W * 2 - 1, gy / H * 2 - 1], -1)[None]
+    grid = torch.stack([gx / w * 2 - 1, gy / h * 2 - 1], -1)[None]
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out[0].permute(1, 2, 0)
 

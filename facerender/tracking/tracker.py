@@ -303,9 +303,14 @@ class FaceTracker:
         self.history = (self.history + [{k: v.detach().clone() for k, v in values.items()}])[-2:]
 
     def track_frame(self, frame: Optional[np.ndarray], landmarks: Optional[np.ndarray],
-                    confidence: Optional[np.ndarray] = None, gaze: Optional[Dict[str, float]] = None) -> FrameResult:
+                    confidence: Optional[np.ndarray] = None, gaze: Optional[Dict[str, float]] = None,
+                    solve_fn=None) -> FrameResult:
         """Solve one frame (see the module docstring). ``frame`` is ``(H, W, 3)`` uint8 RGB or None; ``landmarks``
-        ``(68, 2)`` or None (no face); ``gaze`` maps eyeLook* names to weights in [0, 1]."""
+        ``(68, 2)`` or None (no face); ``gaze`` maps eyeLook* names to weights in [0, 1].
+
+        ``solve_fn(build, x0, lower, upper) -> (params (1, P), energy float)`` replaces the Gauss-Newton solve
+        (e.g. the Adam baseline of the benchmarks); ``build(size)`` returns the frame's :class:`EnergyProblem` at a
+        crop of ``size`` pixels (the same parameter layout at every size)."""
         t0 = time.perf_counter()
         if self._id_model is None:
             raise FittingError("call bundle(...) before track_frame(...)")
@@ -354,51 +359,68 @@ class FaceTracker:
             box = tuple(a * b + (1 - a) * c for b, c in zip(box, self._crop))
         self._crop = box
         cx, cy, side = box
-        size = cfg.size
-        s = size / side
-        off = torch.tensor([[cx - side / 2, cy - side / 2]], dtype=dt, device=dev)
-        pp = (self.pp - off) * s
-        values["focal"] = torch.full((1, 1), self.focal * s, dtype=dt, device=dev)
-        targets = (pts - off) * s
-        lterm = LandmarkTerm(model, targets, conf, lc.w_landmark, lc.sliding_contour, huber=lc.huber)
-        terms = [lterm]
-        pterm = None
-        if cfg.photometric:
-            img = crop_face(torch.from_numpy(np.ascontiguousarray(frame)).to(dt) / 255.0, (cx, cy), side, size)
-            pterm = PhotometricTerm(self._region_model, img[None].to(dev), self.albedo, cfg.w_color,
-                                    max_samples=cfg.max_samples)
-            terms.append(pterm)
         K_ex = model.num_expression
-        terms.append(PriorTerm("expression", lc.w_expression,
-                               torch.full((K_ex,), lc.expression_sigma, dtype=dt, device=dev)))
         blocks = [Block("rotation", 3), Block("translation", 3), Block("expression", K_ex, 0.0, 1.0)]
         if cfg.photometric:
-            terms.append(PriorTerm("sh", cfg.w_sh, torch.ones(27, dtype=dt, device=dev),
-                                   mean=ambient_light(1.0, 1, dtype=dt, device=dev).reshape(1, 27)))
             blocks.append(Block("sh", 27))
         layout = ParameterLayout(blocks)
-        if temporal_pred is not None:
-            terms += _temporal_terms(cfg, layout, temporal_pred, dt, dev)
-        problem = EnergyProblem(layout, terms, {k: v for k, v in values.items() if k not in layout}, pp)
+        frame_t = torch.from_numpy(np.ascontiguousarray(frame))
+        built = {}
+
+        def build(size: int):
+            """The frame's energy at a crop of ``size`` pixels (cached); returns (problem, landmark term, scale, off)."""
+            if size in built:
+                return built[size]
+            s = size / side
+            off = torch.tensor([[cx - side / 2, cy - side / 2]], dtype=dt, device=dev)
+            pp = (self.pp - off) * s
+            vals = dict(values)
+            vals["focal"] = torch.full((1, 1), self.focal * s, dtype=dt, device=dev)
+            lterm = LandmarkTerm(model, (pts - off) * s, conf, lc.w_landmark, lc.sliding_contour, huber=lc.huber)
+            terms = [lterm]
+            pterm = None
+            if cfg.photometric:
+                img = crop_face(frame_t, (cx, cy), side, size).to(dt)
+                pterm = PhotometricTerm(self._region_model, img[None].to(dev), self.albedo, cfg.w_color,
+                                        max_samples=max(200, int(cfg.max_samples * (size / cfg.size) ** 2)))
+                terms.append(pterm)
+            terms.append(PriorTerm("expression", lc.w_expression,
+                                   torch.full((K_ex,), lc.expression_sigma, dtype=dt, device=dev)))
+            if cfg.photometric:
+                terms.append(PriorTerm("sh", cfg.w_sh, torch.ones(27, dtype=dt, device=dev),
+                                       mean=ambient_light(1.0, 1, dtype=dt, device=dev).reshape(1, 27)))
+            if temporal_pred is not None:
+                terms += _temporal_terms(cfg, layout, temporal_pred, dt, dev)
+            problem = EnergyProblem(layout, terms, {k: v for k, v in vals.items() if k not in layout}, pp)
+            kin = problem.kinematics(layout.join(values), False)
+            lterm.freeze_contour(kin)
+            n = pterm.update_samples(kin) if pterm is not None else None
+            built[size] = (problem, lterm, s, off, n)
+            return built[size]
+
+        problem, lterm, s, off, n_samples = build(cfg.size)
+        if n_samples is not None and n_samples < 30:
+            flags.append("few_colour_samples")
         x0 = layout.join(values)
         lo, hi = layout.bounds(x0)
         es = layout.slices["expression"]
         lo[es], hi[es] = expr_lo, expr_hi
-        kin = problem.kinematics(x0, False)
-        lterm.freeze_contour(kin)
-        if pterm is not None and pterm.update_samples(kin) < 30:
-            flags.append("few_colour_samples")
-        res = solve(LeastSquaresProblem(normal_equations=problem.normal_equations, lower=lo, upper=hi),
-                    x0, GaussNewtonConfig(max_iterations=cfg.iterations, rtol=1e-4, linear_solver="cholesky",
-                                          check_rank=False))
-        status = res.status_names()[0]
-        if status in ("failed_nan", "singular") or not torch.isfinite(res.params).all():
+        if solve_fn is None:
+            res = solve(LeastSquaresProblem(normal_equations=problem.normal_equations, lower=lo, upper=hi),
+                        x0, GaussNewtonConfig(max_iterations=cfg.iterations, rtol=1e-4, linear_solver="cholesky",
+                                              check_rank=False))
+            status = res.status_names()[0]
+            params, energy = res.params, float(res.energy[0])
+        else:
+            params, energy = solve_fn(lambda size: build(size)[0], x0, lo, hi)
+            status = "converged" if torch.isfinite(params).all() else "failed_nan"
+        if status in ("failed_nan", "singular") or not torch.isfinite(params).all():
             flags.append(f"solver_{status}")
             return self._bridge(pred, flags, t0)
-        values.update(layout.split(res.params))
+        values.update(layout.split(params))
         # projected landmarks in full-image pixels
         with torch.no_grad():
-            problem.residuals(res.params)
+            problem.residuals(params)
         lm2d = lterm.last_uv[0] / s + off[0]
         out = {k: values[k] for k in ("rotation", "translation", "expression")}
         fixed_lm = self._project_model_landmarks(out)
@@ -408,7 +430,7 @@ class FaceTracker:
         return FrameResult(
             rotation=out["rotation"][0].cpu().numpy(), translation=out["translation"][0].cpu().numpy(),
             expression=out["expression"][0].cpu().numpy(), sh=out["sh"][0].reshape(9, 3).cpu().numpy(),
-            landmarks_2d=lm2d.cpu().numpy(), energy=float(res.energy[0]), flags=flags,
+            landmarks_2d=lm2d.cpu().numpy(), energy=energy, flags=flags,
             solve_ms=(time.perf_counter() - t0) * 1e3, model_landmarks_2d=fixed_lm)
 
     @torch.no_grad()

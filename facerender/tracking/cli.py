@@ -1,0 +1,61 @@
+"""``facerender track VIDEO -o DIR``: track a video with the installed model and print the stage timings."""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+_STAGES = (
+    ("keyframes", "keyframe pass (decode + detect candidates)"),
+    ("bundle", "bundling (identity, albedo)"),
+    ("decode", "decode"),
+    ("landmarks", "landmarks"),
+    ("eyes", "gaze + blink"),
+    ("solve", "solve"),
+    ("write", "chunk store"),
+    ("track_wall", "tracking pass (wall)"),
+    ("overlay_render", "overlay render"),
+    ("overlay_encode", "overlay encode"),
+    ("overlay", "overlay pass (wall)"),
+)
+
+
+def run_track(args) -> int:
+    """Run ``facerender track`` from parsed arguments (``video``, ``output``, ``max_frames``, ``size``,
+    ``no_overlay``, ``restart``, ``home``). Returns the exit status."""
+    from morphable_models import load_ict
+
+    from .video import TrackConfig, track_video
+
+    model = load_ict(args.home)
+    tracker_cfg = None
+    size = getattr(args, "size", None)
+    if size is not None:
+        from .tracker import TrackerConfig
+
+        if int(size) < 16:
+            raise ValueError(f"--size must be at least 16 pixels, got {size}")
+        tracker_cfg = TrackerConfig(size=int(size))
+    cfg = TrackConfig(tracker=tracker_cfg)
+    res = track_video(args.video, args.output, model, cfg, max_frames=args.max_frames,
+                      overlay=not args.no_overlay, resume=not args.restart, progress=True)
+    s = res.summary
+    print(f"tracked {res.frames} frames ({res.frames_with_face} with a face) of {args.video} at "
+          f"{res.fps:.2f} frames/s" + (f", resumed at frame {res.resumed_from}" if res.resumed_from else ""))
+    print("stage timings (s):")
+    t = res.timings
+    for key, name in _STAGES:
+        if key in t:
+            print(f"  {name:<44s} {t[key]:9.2f}")
+    pf = s.get("per_frame_ms", {})
+    print("per frame (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in pf.items()))
+    j = s.get("jitter", {})
+    if j.get("triples"):
+        print(f"landmark jitter (RMS 2nd difference): model {j['model_px']:.2f} px, detector {j['detector_px']:.2f} px "
+              f"(ratio {j['ratio']:.2f})")
+    flags = s.get("flag_counts", {})
+    if flags:
+        print("flags: " + ", ".join(f"{k} {v}" for k, v in sorted(flags.items())))
+    print(f"wrote {res.params_path}" + (f", {res.overlay_path}" if res.overlay_path else "")
+          + (f", {res.plot_path}" if res.plot_path else "") + f", {res.summary_path}")
+    return 0

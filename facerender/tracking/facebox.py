@@ -1,0 +1,560 @@
+"""Face landmarks through a video: dlib's shape predictor in a box that follows the face, HOG only when needed.
+
+:class:`LandmarkTracker` is STREAMING: :meth:`LandmarkTracker.update` takes one frame and returns a
+:class:`FaceObservation` (the 68 iBUG points as :class:`~facerender.landmarks.Landmarks`, or None, plus flags and
+timings). It keeps a few numbers and two 32 x 32 patches between frames, never frames.
+
+Per frame:
+
+1. **Tracked**: the predictor runs in a box derived from the PREVIOUS frame's landmarks: centre = centroid ``c`` of the
+   51 inner points (17-67) moved down by ``offset * s``, side ``scale * s``, where ``s`` is the RMS distance of those
+   points from ``c`` (rotation-invariant, smooth). ``scale`` and ``offset`` are measured on the HOG box of the
+   detection that started the track (the predictor was trained on HOG boxes, so it sees the box it expects); on the
+   three sample clips they are 3.0-3.4 and 0.00-0.09 (:data:`LandmarkTrackerConfig.box_scale` / ``box_offset``
+   are the fallbacks and the clip range).
+2. **Checks** (any failure = "lost", then step 3 runs in the same frame): too small (``s < min_radius``), too few
+   points inside the image (the face leaves), implausible geometry (mouth not below the eyes in the face's own
+   frame, or a similarity-aligned shape change from the previous frame above ``max_shape_error * s``), a large jump
+   (mean inner-point motion above ``max_jump * s`` or a scale change beyond ``max_scale_change``), low appearance
+   agreement (normalised cross-correlation of a 32 x 32 grey patch sampled in the face's frame, ``c`` / ``s`` / eye-line
+   angle, against the previous frame's patch below ``min_ncc``), and every ``verify_interval`` frames a cheap HOG
+   verification on a crop around the box, resampled so that the face box is ``verify_size`` pixels (2-3 ms against
+   17-20 ms for a 512 x 512 frame). A failed verification drops the track when it is the ``max_failed_verifications``-th
+   in a row, or when the patch also disagrees with the patch of the last verified frame (NCC below
+   ``min_reference_ncc``): HOG misses turned faces that the predictor still follows, so one miss alone is not a loss.
+3. **Detected**: HOG on the whole frame (threshold -0.2, the package default). When nothing is found and
+   ``detect_upsample="auto"``, HOG is run again on the image doubled once (faces down to about 40 px) and, for
+   small frames, twice (about 20 px; ``max_upsample``, ``max_upsampled_pixels``), on every lost frame while the
+   last face seen was small, else every ``upsample_interval`` lost frames (each doubling costs about 4x).
+   The face chosen: the one nearest the last known box when it was lost less than ``nearest_window`` frames ago
+   (and overlaps or lies within one box size of it), else the largest.
+
+Small faces: when the predictor's box is below ``small_face`` (80) pixels, the box and a margin are cropped and
+upsampled by an integer factor (bilinear) so that the box is about ``predictor_size`` (160) pixels, and the points
+are mapped back (dlib returns integer pixel positions, so this also gives sub-pixel points on small faces).
+
+No temporal smoothing is done here (it belongs to the solver). Timings per frame: ``detect_ms`` (HOG, full frame),
+``predict_ms`` (shape predictor), ``check_ms`` (patches and checks) and ``verify_ms`` (HOG on the crop).
+Measured on the sample clips (``docs/tracking.md``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from ..landmarks.detect import (
+    FaceDetection,
+    Landmarks,
+    _import_dlib,
+    _dlib_face_detector,
+    _dlib_predictor,
+    box_iou,
+)
+from ..landmarks.files import box_from_dlib_rect, box_to_dlib_ltrb, from_dlib_points
+from ..io.image import to_uint8_rgb
+
+log = logging.getLogger(__name__)
+
+Box = Tuple[float, float, float, float]
+
+__all__ = ["LandmarkTracker", "LandmarkTrackerConfig", "FaceObservation", "face_frame", "face_patch", "ncc",
+           "box_from_landmarks"]
+
+INNER = slice(17, 68)
+PATCH_SIZE = 32
+PATCH_HALF = 1.3  # half side of the appearance patch in units of s
+
+
+@dataclass(frozen=True)
+class LandmarkTrackerConfig:
+    """Settings of :class:`LandmarkTracker` (see the module docstring for what each check does).
+
+    Attributes:
+        threshold: HOG detection threshold (package default -0.2).
+        detect_upsample: 0, 1 or ``"auto"`` (retry with one upsampling when nothing is found, see the module notes).
+        upsample_interval: lost frames between upsampled retries when the last face was not small.
+        max_upsample: most doublings of the image in the retries (1: faces down to about 40 px, 2: about 20 px).
+        max_upsampled_pixels: a retry level is skipped when the upsampled image would have more pixels (cost: 1 level
+            on frames up to 1 Mpx, e.g. 720p; 2 levels up to 250 kpx, e.g. 480 x 480).
+        box_scale, box_offset: predictor box side / ``s`` and downward centre offset / ``s`` before a detection has
+            measured them; measured values are clipped to ``box_scale_range`` and ``box_offset_range``.
+        small_face, predictor_size: predictor boxes below ``small_face`` px are upsampled to about
+            ``predictor_size`` px.
+        verify_interval: frames between HOG verifications of a tracked face (0: never).
+        verify_size: side (px) of the face box in the resampled verification crop.
+        max_failed_verifications: consecutive failed verifications that drop the track.
+        min_radius: smallest plausible ``s`` (px).
+        min_inside: smallest fraction of the 68 points inside the image.
+        max_shape_error: largest RMS residual of the similarity-aligned inner points against the previous frame's,
+            in units of ``s``.
+        max_jump: largest mean motion of the inner points between frames, in units of ``s``.
+        max_scale_change: largest relative change of ``s`` between frames.
+        min_ncc: smallest patch NCC against the previous frame.
+        min_reference_ncc: smallest patch NCC against the last verified frame, when a verification failed.
+        nearest_window: frames after a loss during which re-detection prefers the face nearest the last box.
+        jaw_confidence: confidence of the jawline points (package default 0.5, see ``docs/conventions.md``).
+        predictor_path: a 68-point predictor file (default from ``face-recognition-models``).
+    """
+
+    threshold: float = -0.2
+    detect_upsample: Union[int, str] = "auto"
+    upsample_interval: int = 5
+    max_upsample: int = 2
+    max_upsampled_pixels: int = 4_000_000
+    box_scale: float = 3.2
+    box_offset: float = 0.05
+    box_scale_range: Tuple[float, float] = (2.5, 4.0)
+    box_offset_range: Tuple[float, float] = (-0.3, 0.4)
+    small_face: float = 80.0
+    predictor_size: float = 160.0
+    verify_interval: int = 10
+    verify_size: float = 120.0
+    max_failed_verifications: int = 2
+    min_radius: float = 4.0
+    min_inside: float = 0.6
+    max_shape_error: float = 0.35
+    max_jump: float = 0.6
+    max_scale_change: float = 0.3
+    min_ncc: float = 0.25
+    min_reference_ncc: float = 0.3
+    nearest_window: int = 90
+    jaw_confidence: float = 0.5
+    predictor_path: Optional[str] = None
+
+    def __post_init__(self):
+        if self.detect_upsample not in (0, 1, "auto"):
+            raise ValueError(f"detect_upsample must be 0, 1 or 'auto', got {self.detect_upsample!r}")
+        for name in ("small_face", "predictor_size", "verify_size", "min_radius"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.verify_interval < 0 or self.upsample_interval < 1 or self.max_failed_verifications < 1:
+            raise ValueError("verify_interval must be >= 0, upsample_interval and max_failed_verifications >= 1; got "
+                             f"{self.verify_interval}, {self.upsample_interval}, {self.max_failed_verifications}")
+        if not 0 <= self.jaw_confidence <= 1:
+            raise ValueError(f"jaw_confidence must lie in [0, 1], got {self.jaw_confidence}")
+
+
+@dataclass(frozen=True)
+class FaceObservation:
+    """What :meth:`LandmarkTracker.update` found in one frame.
+
+    Attributes:
+        landmarks: the 68 points (``Landmarks.points (68, 2)``, ``confidence (68,)``, ``box`` = the predictor's box,
+            ``score`` = HOG score on detected frames, None on tracked ones), or None when no face was found.
+        status: ``"detected"`` (HOG), ``"tracked"`` (predictor in the box from the previous frame) or ``"no_face"``.
+        flags: e.g. ``"lost:appearance"`` (why a track was dropped: ``too_small``, ``left_image``, ``geometry``,
+            ``jump``, ``appearance``, ``verification``), ``"redetected"``, ``"verified"``, ``"verify_failed"``,
+            ``"upsampled_detection"``, ``"small_face"`` (the predictor crop was upsampled).
+        detect_ms, predict_ms, check_ms, verify_ms: time spent on each step in this frame.
+        ncc: patch NCC against the previous frame (NaN when not computed).
+        shape_error, jump: the geometry and motion measures in units of ``s`` (NaN when not computed).
+    """
+
+    landmarks: Optional[Landmarks]
+    status: str
+    flags: Tuple[str, ...] = ()
+    detect_ms: float = 0.0
+    predict_ms: float = 0.0
+    check_ms: float = 0.0
+    verify_ms: float = 0.0
+    ncc: float = float("nan")
+    shape_error: float = float("nan")
+    jump: float = float("nan")
+
+    @property
+    def found(self) -> bool:
+        return self.landmarks is not None
+
+    @property
+    def total_ms(self) -> float:
+        return self.detect_ms + self.predict_ms + self.check_ms + self.verify_ms
+
+
+# ----------------------------------------------------------------------------------------------------- geometry
+def face_frame(points: np.ndarray) -> Tuple[np.ndarray, float, float]:
+    """``(c (2,), s, angle)`` of 68 points: centroid and RMS radius of the inner points 17-67, and the angle of the
+    line from the right eye's centre (36-41) to the left eye's (42-47), radians (0 for an upright face)."""
+    q = points[INNER]
+    c = q.mean(0)
+    s = float(np.sqrt(((q - c) ** 2).sum(1).mean()))
+    e = points[42:48].mean(0) - points[36:42].mean(0)
+    return c, s, float(math.atan2(e[1], e[0]))
+
+
+def box_from_landmarks(points: np.ndarray, scale: float, offset: float) -> Box:
+    """The predictor box of 68 points: a square of side ``scale * s`` centred ``offset * s`` below ``c``."""
+    c, s, _ = face_frame(points)
+    h = 0.5 * scale * s
+    cy = c[1] + offset * s
+    return (float(c[0] - h), float(cy - h), float(c[0] + h), float(cy + h))
+
+
+def _similarity_residual(a: np.ndarray, b: np.ndarray) -> float:
+    """RMS residual of ``a`` after the least-squares similarity transform onto ``b`` (both ``(N, 2)``)."""
+    ac, bc = a - a.mean(0), b - b.mean(0)
+    za = ac[:, 0] + 1j * ac[:, 1]
+    zb = bc[:, 0] + 1j * bc[:, 1]
+    denom = float((np.abs(za) ** 2).sum())
+    if denom <= 0:
+        return float("inf")
+    k = (np.conj(za) * zb).sum() / denom
+    return float(np.sqrt((np.abs(k * za - zb) ** 2).mean()))
+
+
+def face_patch(grey: np.ndarray, points: np.ndarray, size: int = PATCH_SIZE, half: float = PATCH_HALF) -> np.ndarray:
+    """A ``(size, size)`` float32 patch of ``grey (H, W)`` sampled bilinearly on a square grid of half side
+    ``half * s`` around ``c``, turned by the eye-line angle (:func:`face_frame`); outside the image: edge values."""
+    c, s, a = face_frame(points)
+    u = ((np.arange(size) + 0.5) / size * 2.0 - 1.0) * half * s
+    gx, gy = np.meshgrid(u, u)
+    ca, sa = math.cos(a), math.sin(a)
+    x = c[0] + ca * gx - sa * gy - 0.5  # pixel-centre convention -> array index
+    y = c[1] + sa * gx + ca * gy - 0.5
+    H, W = grey.shape
+    x = np.clip(x, 0, W - 1)
+    y = np.clip(y, 0, H - 1)
+    x0 = np.minimum(np.floor(x).astype(np.int64), W - 2 if W > 1 else 0)
+    y0 = np.minimum(np.floor(y).astype(np.int64), H - 2 if H > 1 else 0)
+    fx, fy = x - x0, y - y0
+    x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
+    g = grey
+    out = (g[y0, x0] * (1 - fx) * (1 - fy) + g[y0, x1] * fx * (1 - fy) + g[y1, x0] * (1 - fx) * fy
+           + g[y1, x1] * fx * fy)
+    return out.astype(np.float32)
+
+
+def ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised cross-correlation of two patches in [-1, 1] (0 when either is constant)."""
+    a = a.astype(np.float64) - a.mean()
+    b = b.astype(np.float64) - b.mean()
+    d = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum() / d) if d > 1e-9 else 0.0
+
+
+def _grey(img: np.ndarray) -> np.ndarray:
+    img = img.astype(np.float32)
+    return img[..., 0] * np.float32(0.299) + img[..., 1] * np.float32(0.587) + img[..., 2] * np.float32(0.114)
+
+
+def image_patch(img: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """:func:`face_patch` of an RGB uint8 image, converting only the region the patch reads to grey."""
+    H, W = img.shape[:2]
+    c, s, _ = face_frame(points)
+    r = PATCH_HALF * s * math.sqrt(2.0) + 2.0
+    x0, y0 = int(max(0, math.floor(c[0] - r))), int(max(0, math.floor(c[1] - r)))
+    x1, y1 = int(min(W, math.ceil(c[0] + r))), int(min(H, math.ceil(c[1] + r)))
+    if x1 - x0 < 2 or y1 - y0 < 2:  # the face lies outside the image: sample the whole (edge-clamped) image
+        return face_patch(_grey(img), points)
+    return face_patch(_grey(img[y0:y1, x0:x1]), points - np.array([x0, y0], dtype=np.float64))
+
+
+def _resize(img: np.ndarray, size_wh: Tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize(size_wh, Image.BILINEAR))
+
+
+# ----------------------------------------------------------------------------------------------------- tracker
+class LandmarkTracker:
+    """Streaming 68-point landmark tracker (see the module docstring).
+
+    Example:
+        >>> lt = LandmarkTracker()
+        >>> for image, t, i in VideoReader("talk.mp4"):       # doctest: +SKIP
+        ...     obs = lt.update(image)
+        ...     if obs.found:
+        ...         points = obs.landmarks.points              # (68, 2)
+
+    Attributes:
+        config: :class:`LandmarkTrackerConfig`.
+        stats: running totals ``{"frames", "detected", "tracked", "no_face", "lost", "detect_ms", "predict_ms",
+            "check_ms", "verify_ms", "detections_run", "verifications_run"}``.
+    """
+
+    def __init__(self, config: Optional[LandmarkTrackerConfig] = None):
+        self.config = config or LandmarkTrackerConfig()
+        _import_dlib()  # fail early and clearly when dlib is missing
+        self.reset()
+
+    # ---------------------------------------------------------------------------------------------- state
+    def reset(self) -> None:
+        """Forget the current face (the next frame runs detection)."""
+        cfg = self.config
+        self._points: Optional[np.ndarray] = None
+        self._patch: Optional[np.ndarray] = None
+        self._ref_patch: Optional[np.ndarray] = None
+        self._scale = cfg.box_scale
+        self._offset = cfg.box_offset
+        self._since_verify = 0
+        self._failed_verifications = 0
+        self._last_box: Optional[Box] = None
+        self._lost_frames = 0
+        self._small = False
+        self._frame = 0
+        self.stats: Dict[str, float] = {k: 0 for k in (
+            "frames", "detected", "tracked", "no_face", "lost", "detect_ms", "predict_ms", "check_ms", "verify_ms",
+            "detections_run", "verifications_run")}
+
+    def state_dict(self) -> dict:
+        """Everything :meth:`update` depends on (numpy arrays and numbers), for resuming a video."""
+        return {"points": self._points, "patch": self._patch, "ref_patch": self._ref_patch, "scale": self._scale,
+                "offset": self._offset, "since_verify": self._since_verify,
+                "failed_verifications": self._failed_verifications,
+                "last_box": None if self._last_box is None else np.asarray(self._last_box, dtype=np.float64),
+                "lost_frames": self._lost_frames, "small": self._small, "frame": self._frame,
+                "stats": dict(self.stats)}
+
+    def load_state_dict(self, d: dict) -> None:
+        def arr(x, dtype):
+            return None if x is None else np.array(x, dtype=dtype)
+
+        self._points = arr(d.get("points"), np.float64)
+        self._patch = arr(d.get("patch"), np.float32)
+        self._ref_patch = arr(d.get("ref_patch"), np.float32)
+        self._scale = float(d["scale"])
+        self._offset = float(d["offset"])
+        self._since_verify = int(d["since_verify"])
+        self._failed_verifications = int(d["failed_verifications"])
+        lb = d.get("last_box")
+        self._last_box = None if lb is None else tuple(float(v) for v in np.asarray(lb).reshape(4))
+        self._lost_frames = int(d["lost_frames"])
+        self._small = bool(d["small"])
+        self._frame = int(d["frame"])
+        self.stats.update({k: float(v) for k, v in dict(d.get("stats", {})).items()})
+
+    @property
+    def tracking(self) -> bool:
+        """Whether a face is being tracked (the next frame starts from the predictor, not HOG)."""
+        return self._points is not None
+
+    # ---------------------------------------------------------------------------------------------- steps
+    def _predict(self, img: np.ndarray, box: Box) -> Tuple[np.ndarray, bool]:
+        """68 points of the predictor in ``box`` (small boxes go through an upsampled crop): (points, upsampled)."""
+        cfg = self.config
+        dlib = _import_dlib()
+        predictor = _dlib_predictor(cfg.predictor_path)
+        side = min(box[2] - box[0], box[3] - box[1])
+        H, W = img.shape[:2]
+        if side >= cfg.small_face:
+            shape = predictor(img, dlib.rectangle(*box_to_dlib_ltrb(box)))
+            return from_dlib_points(shape), False
+        f = int(min(8, max(2, math.ceil(cfg.predictor_size / max(side, 1.0)))))
+        m = 0.5 * side
+        x0 = int(max(0, math.floor(box[0] - m)))
+        y0 = int(max(0, math.floor(box[1] - m)))
+        x1 = int(min(W, math.ceil(box[2] + m)))
+        y1 = int(min(H, math.ceil(box[3] + m)))
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            shape = predictor(img, dlib.rectangle(*box_to_dlib_ltrb(box)))
+            return from_dlib_points(shape), False
+        crop = _resize(np.ascontiguousarray(img[y0:y1, x0:x1]), ((x1 - x0) * f, (y1 - y0) * f))
+        b = ((box[0] - x0) * f, (box[1] - y0) * f, (box[2] - x0) * f, (box[3] - y0) * f)
+        shape = predictor(np.ascontiguousarray(crop), dlib.rectangle(*box_to_dlib_ltrb(b)))
+        pts = from_dlib_points(shape) / f + np.array([x0, y0], dtype=np.float64)
+        return pts, True
+
+    def _hog(self, img: np.ndarray, upsample: int) -> List[FaceDetection]:
+        rects, scores, _ = _dlib_face_detector().run(img, int(upsample), float(self.config.threshold))
+        return [FaceDetection(box_from_dlib_rect(r), float(s), "dlib") for r, s in zip(rects, scores)]
+
+    def _detect(self, img: np.ndarray) -> Tuple[List[FaceDetection], bool]:
+        cfg = self.config
+        up = cfg.detect_upsample
+        faces = self._hog(img, 0 if up == "auto" else int(up))
+        self.stats["detections_run"] += 1
+        if faces or up != "auto":
+            return faces, False
+        H, W = img.shape[:2]
+        if not (self._small or self._lost_frames % cfg.upsample_interval == 0):
+            return faces, False
+        tried = False
+        for level in range(1, cfg.max_upsample + 1):
+            if H * W * 4 ** level > cfg.max_upsampled_pixels:
+                break
+            faces = self._hog(img, level)
+            self.stats["detections_run"] += 1
+            tried = True
+            if faces:
+                break
+        return faces, tried
+
+    def _choose(self, faces: List[FaceDetection]) -> FaceDetection:
+        lb = self._last_box
+        if lb is not None and self._lost_frames <= self.config.nearest_window:
+            side = max(lb[2] - lb[0], lb[3] - lb[1])
+            lc = np.array([(lb[0] + lb[2]) / 2, (lb[1] + lb[3]) / 2])
+
+            def dist(f):
+                c = np.array([(f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2])
+                return float(np.linalg.norm(c - lc))
+
+            near = [f for f in faces if box_iou(f.box, lb) > 0.1 or dist(f) < side]
+            if near:
+                return min(near, key=dist)
+        return max(faces, key=lambda f: f.area)
+
+    def _verify(self, img: np.ndarray, box: Box) -> bool:
+        """HOG on a crop around ``box`` resampled so that the box is ``verify_size`` px; True when a detection
+        overlaps the box (IoU >= 0.3)."""
+        cfg = self.config
+        H, W = img.shape[:2]
+        side = max(box[2] - box[0], box[3] - box[1])
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        x0, y0 = int(max(0, math.floor(cx - side))), int(max(0, math.floor(cy - side)))
+        x1, y1 = int(min(W, math.ceil(cx + side))), int(min(H, math.ceil(cy + side)))
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return False
+        f = cfg.verify_size / side
+        crop = np.ascontiguousarray(img[y0:y1, x0:x1])
+        if abs(f - 1.0) > 0.05:
+            crop = _resize(crop, (max(8, int(round((x1 - x0) * f))), max(8, int(round((y1 - y0) * f)))))
+            fx, fy = crop.shape[1] / (x1 - x0), crop.shape[0] / (y1 - y0)
+        else:
+            fx = fy = 1.0
+        self.stats["verifications_run"] += 1
+        for d in self._hog(crop, 0):
+            b = (d.box[0] / fx + x0, d.box[1] / fy + y0, d.box[2] / fx + x0, d.box[3] / fy + y0)
+            if box_iou(b, box) >= 0.3:
+                return True
+        return False
+
+    def _check(self, img: np.ndarray, pts: np.ndarray, patch: np.ndarray) -> Tuple[Optional[str], float, float, float]:
+        """Why the tracked points are not acceptable (None when they are), and (ncc, shape_error, jump)."""
+        cfg = self.config
+        H, W = img.shape[:2]
+        c, s, a = face_frame(pts)
+        if not np.isfinite(pts).all() or s < cfg.min_radius:
+            return "too_small", float("nan"), float("nan"), float("nan")
+        inside = ((pts[:, 0] >= 0) & (pts[:, 0] <= W) & (pts[:, 1] >= 0) & (pts[:, 1] <= H)).mean()
+        if inside < cfg.min_inside:
+            return "left_image", float("nan"), float("nan"), float("nan")
+        # upright order in the face's own frame: the mouth below the eyes and the nose
+        ca, sa = math.cos(a), math.sin(a)
+        down = np.array([-sa, ca])
+        eyes = pts[36:48].mean(0)
+        if float((pts[48:68].mean(0) - eyes) @ down) < 0.5 * s or float((pts[30] - eyes) @ down) < 0.1 * s:
+            return "geometry", float("nan"), float("nan"), float("nan")
+        prev = self._points
+        pc, ps, _ = face_frame(prev)
+        shape_error = _similarity_residual(pts[INNER], prev[INNER]) / s
+        jump = float(np.linalg.norm(pts[INNER] - prev[INNER], axis=1).mean()) / ps
+        n = ncc(patch, self._patch) if self._patch is not None else 1.0
+        if shape_error > cfg.max_shape_error:
+            return "geometry", n, shape_error, jump
+        if jump > cfg.max_jump or abs(s / ps - 1.0) > cfg.max_scale_change:
+            return "jump", n, shape_error, jump
+        if n < cfg.min_ncc:
+            return "appearance", n, shape_error, jump
+        return None, n, shape_error, jump
+
+    def _landmarks(self, pts, box, score, img) -> Landmarks:
+        conf = np.ones(68)
+        conf[:17] = self.config.jaw_confidence
+        return Landmarks(pts, conf, box=box, score=score, detector="dlib-track", image_size=img.shape[:2])
+
+    # ---------------------------------------------------------------------------------------------- update
+    def update(self, image) -> FaceObservation:
+        """Landmarks of the face in one frame (``(H, W, 3)`` uint8 RGB, or anything
+        :func:`~facerender.io.to_uint8_rgb` accepts)."""
+        cfg = self.config
+        img = np.ascontiguousarray(to_uint8_rgb(image))
+        if img.ndim != 3 or img.shape[0] < 2 or img.shape[1] < 2:
+            raise ValueError(f"image must be (H, W, 3) with H, W >= 2, got {img.shape}")
+        self._frame += 1
+        self.stats["frames"] += 1
+        flags: List[str] = []
+        t_pred = t_check = t_verify = t_det = 0.0
+        n = se = jp = float("nan")
+        had_track = self._points is not None
+        if had_track:
+            box = box_from_landmarks(self._points, self._scale, self._offset)
+            t0 = time.perf_counter()
+            pts, up = self._predict(img, box)
+            t_pred += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            patch = image_patch(img, pts)
+            reason, n, se, jp = self._check(img, pts, patch)
+            t_check += time.perf_counter() - t0
+            if reason is None and cfg.verify_interval and self._since_verify + 1 >= cfg.verify_interval:
+                t0 = time.perf_counter()
+                ok = self._verify(img, box_from_landmarks(pts, self._scale, self._offset))
+                t_verify += time.perf_counter() - t0
+                self._since_verify = 0
+                if ok:
+                    flags.append("verified")
+                    self._failed_verifications = 0
+                    self._ref_patch = patch
+                else:
+                    flags.append("verify_failed")
+                    self._failed_verifications += 1
+                    ref_ncc = ncc(patch, self._ref_patch) if self._ref_patch is not None else 1.0
+                    if (self._failed_verifications >= cfg.max_failed_verifications
+                            or ref_ncc < cfg.min_reference_ncc):
+                        reason = "verification"
+            else:
+                self._since_verify += 1
+            if reason is None:
+                if up:
+                    flags.append("small_face")
+                self._points, self._patch = pts, patch
+                self._last_box = box_from_landmarks(pts, self._scale, self._offset)
+                self.stats["tracked"] += 1
+                return self._finish(FaceObservation(self._landmarks(pts, box, None, img), "tracked", tuple(flags),
+                                                    t_det, t_pred, t_check, t_verify, n, se, jp))
+            flags.append(f"lost:{reason}")
+            self.stats["lost"] += 1
+            log.debug("frame %d: track lost (%s)", self._frame - 1, reason)
+            self._points = self._patch = None
+            self._lost_frames = 0
+        # (re)detection
+        t0 = time.perf_counter()
+        faces, upsampled = self._detect(img)
+        t_det += time.perf_counter() - t0
+        if upsampled:
+            flags.append("upsampled_detection")
+        if not faces:
+            self._lost_frames += 1
+            self.stats["no_face"] += 1
+            return self._finish(FaceObservation(None, "no_face", tuple(flags), t_det, t_pred, t_check, t_verify,
+                                                n, se, jp))
+        face = self._choose(faces)
+        t0 = time.perf_counter()
+        pts, up = self._predict(img, face.box)
+        t_pred += time.perf_counter() - t0
+        if up:
+            flags.append("small_face")
+        t0 = time.perf_counter()
+        c, s, _ = face_frame(pts)
+        side = face.width
+        if s > 0:
+            lo, hi = cfg.box_scale_range
+            self._scale = float(np.clip(side / s, lo, hi))
+            lo, hi = cfg.box_offset_range
+            self._offset = float(np.clip(((face.box[1] + face.box[3]) / 2 - c[1]) / s, lo, hi))
+        patch = image_patch(img, pts)
+        t_check += time.perf_counter() - t0
+        if had_track or self._last_box is not None:
+            flags.append("redetected")
+        self._points, self._patch, self._ref_patch = pts, patch, patch
+        self._since_verify = 0
+        self._failed_verifications = 0
+        self._lost_frames = 0
+        self._small = face.width < cfg.small_face * 1.25
+        self._last_box = face.box
+        self.stats["detected"] += 1
+        return self._finish(FaceObservation(self._landmarks(pts, face.box, face.score, img), "detected", tuple(flags),
+                                            t_det, t_pred, t_check, t_verify, n, se, jp))
+
+    def _finish(self, obs: FaceObservation) -> FaceObservation:
+        st = self.stats
+        st["detect_ms"] += obs.detect_ms * 1e3
+        st["predict_ms"] += obs.predict_ms * 1e3
+        st["check_ms"] += obs.check_ms * 1e3
+        st["verify_ms"] += obs.verify_ms * 1e3
+        return replace(obs, detect_ms=obs.detect_ms * 1e3, predict_ms=obs.predict_ms * 1e3,
+                       check_ms=obs.check_ms * 1e3, verify_ms=obs.verify_ms * 1e3)

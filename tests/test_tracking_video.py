@@ -1,0 +1,553 @@
+"""facerender.tracking.video: track_video (keyframes, streaming main pass, chunk store, resume, outputs), bad input,
+load_track, the CLI. Most tests drive a small stub with the solver's interface (StubTracker) on tiny synthetic
+videos; one test runs the real solver on a real clip."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import tracemalloc
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import IN_CI
+from facerender.errors import NoFaceError, VideoError
+from facerender.io import VideoReader, VideoWriter, read_image
+from facerender.landmarks import read_ljson
+from facerender.tracking.video import (
+    STATE_DIR,
+    TrackConfig,
+    keyframe_descriptor,
+    landmark_jitter,
+    load_track,
+    render_overlay,
+    select_keyframes,
+    track_video,
+)
+
+HAVE_DLIB = importlib.util.find_spec("dlib") is not None and importlib.util.find_spec("face_recognition_models")
+HAVE_AV = importlib.util.find_spec("av") is not None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def extras_ready():
+    if not (HAVE_DLIB and HAVE_AV):
+        msg = "dlib / face-recognition-models / PyAV are not installed (pip install \"facerender[all]\")"
+        if IN_CI:
+            pytest.fail(msg + "; CI installs the 'all' extras, so this is an error")
+        pytest.skip(msg)
+
+
+# ---------------------------------------------------------------------------------------------------------- stub
+@dataclass
+class FrameResult:
+    """The fields of facerender.tracking.tracker.FrameResult (kept here so that these tests do not depend on the
+    solver module)."""
+
+    rotation: np.ndarray
+    translation: np.ndarray
+    expression: np.ndarray
+    sh: np.ndarray
+    landmarks_2d: np.ndarray
+    energy: float
+    flags: list = field(default_factory=list)
+    solve_ms: float = 0.0
+
+
+class StubTracker:
+    """The interface of facerender.tracking.tracker.FaceTracker without a solver (deterministic and fast): the
+    translation follows the landmarks' centroid, the projected landmarks are an exponential average of the detected
+    ones, the gaze weights go into the expression, frames without a face are bridged (the last values carried)."""
+
+    nan_frames: set = set()
+    instances: list = []
+
+    def __init__(self, model, config, image_size, fps):
+        self.names = list(model.expression_names)
+        self.K = len(self.names)
+        self.H, self.W = image_size
+        self.fps = fps
+        self.focal = 1.2 * max(image_size)
+        self.pp = np.array([self.W / 2.0, self.H / 2.0])
+        self.last = None
+        self.n = 0
+        self.bundled = None
+        StubTracker.instances.append(self)
+
+    def bundle(self, frames, landmarks, confidences):
+        assert len(frames) == len(landmarks) == len(confidences) >= 1
+        for f, p, c in zip(frames, landmarks, confidences):
+            assert f.shape == (self.H, self.W, 3) and f.dtype == np.uint8
+            assert p.shape == (68, 2) and c.shape == (68,)
+        self.bundled = len(frames)
+        self.video_params = {"identity": np.linspace(-0.5, 0.5, 100).astype(np.float32), "albedo": None,
+                             "focal": self.focal, "principal_point": self.pp.copy(),
+                             "image_size": (self.H, self.W)}
+        return self.video_params
+
+    def _result(self, v, flags, energy):
+        return FrameResult(rotation=v["rotation"].copy(), translation=v["translation"].copy(),
+                           expression=v["expression"].copy(), sh=v["sh"].copy(),
+                           landmarks_2d=v["landmarks_2d"].copy(), energy=energy, flags=flags, solve_ms=0.1)
+
+    def track_frame(self, frame, landmarks, confidence, gaze):
+        self.n += 1
+        if frame is None or landmarks is None:
+            if self.last is None:
+                v = {"rotation": np.zeros(3, np.float32), "translation": np.array([0, 0, 60], np.float32),
+                     "expression": np.zeros(self.K, np.float32), "sh": np.zeros((9, 3), np.float32),
+                     "landmarks_2d": np.zeros((68, 2), np.float32)}
+                return self._result(v, ["no_face", "no_track_yet", "bridged"], float("nan"))
+            return self._result(self.last, ["no_face", "bridged"], float("nan"))
+        assert frame.shape == (self.H, self.W, 3) and np.isfinite(landmarks).all()
+        c = landmarks.mean(0)
+        ex = np.zeros(self.K, np.float32)
+        for k, w in (gaze or {}).items():
+            ex[self.names.index(k)] = w
+        lm = landmarks if self.last is None else 0.5 * landmarks + 0.5 * self.last["landmarks_2d"]
+        v = {"rotation": np.array([0.0, (c[0] - self.pp[0]) / self.W, 0.0], np.float32),
+             "translation": np.array([(c[0] - self.pp[0]) / self.focal * 60, (c[1] - self.pp[1]) / self.focal * 60,
+                                      60.0], np.float32),
+             "expression": ex, "sh": np.full((9, 3), 0.1, np.float32), "landmarks_2d": lm.astype(np.float32)}
+        self.last = v
+        if self.n in StubTracker.nan_frames:
+            v = dict(v, rotation=np.full(3, np.nan, np.float32))
+        return self._result(v, [], float(np.mean((lm - landmarks) ** 2)))
+
+    def state_dict(self):
+        return {"last": self.last, "n": self.n}
+
+    def load_state_dict(self, d):
+        self.last = d["last"]
+        self.n = int(d["n"])
+
+
+def stub(model, config, image_size, fps):
+    return StubTracker(model, config, image_size, fps)
+
+
+# ---------------------------------------------------------------------------------------------------------- videos
+@pytest.fixture(scope="module")
+def lenna(faces_dir):
+    return read_image(faces_dir / "lenna.png"), read_ljson(faces_dir / "lenna.ljson")
+
+
+def face_frame_image(lenna, size, face_px, pos, rng):
+    from PIL import Image
+
+    img, _ = lenna
+    H, W = size
+    f = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    if face_px:
+        c = np.asarray(Image.fromarray(img[170:450, 150:430]).resize((face_px, face_px), Image.BILINEAR))
+        x, y = pos
+        f[y:y + face_px, x:x + face_px] = c
+    return f
+
+
+def write_video(path, frames, fps=25, times=None, **kw):
+    with VideoWriter(path, fps, preset="ultrafast", **kw) as w:
+        for i, f in enumerate(frames):
+            w.write(f, time=None if times is None else times[i])
+    return Path(path)
+
+
+def write_odd_video(path, frames, rate):
+    """H.264 4:4:4 (odd sizes allowed), written with PyAV directly."""
+    import av
+
+    H, W = frames[0].shape[:2]
+    c = av.open(str(path), "w")
+    s = c.add_stream("libx264", rate=rate)
+    s.width, s.height, s.pix_fmt = W, H, "yuv444p"
+    for f in frames:
+        for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+            c.mux(p)
+    for p in s.encode(None):
+        c.mux(p)
+    c.close()
+    return Path(path)
+
+
+@pytest.fixture(scope="module")
+def gap_video(tmp_path_factory, lenna):
+    """22 frames 256x192: a face moving (0-6), noise only (7-14), the face back elsewhere (15-21)."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(22):
+        if i < 7:
+            frames.append(face_frame_image(lenna, (192, 256), 120, (10 + 5 * i, 20 + i), rng))
+        elif i < 15:
+            frames.append(face_frame_image(lenna, (192, 256), 0, (0, 0), rng))
+        else:
+            frames.append(face_frame_image(lenna, (192, 256), 110, (120 - 2 * (i - 15), 40), rng))
+    return write_video(tmp_path_factory.mktemp("videos") / "gap.mp4", frames, fps=25)
+
+
+def per_frame_equal(a, b, keys=("index", "time", "rotation", "translation", "expression", "sh", "gaze", "blink",
+                                 "eyes_closed", "iris", "landmarks", "landmark_confidence", "landmarks_2d",
+                                 "face_found", "status", "flags", "energy")):
+    for k in keys:
+        x, y = getattr(a, k), getattr(b, k)
+        assert x.shape == y.shape, k
+        if x.dtype.kind in "fc":
+            np.testing.assert_array_equal(x, y, err_msg=k)
+        else:
+            assert (x == y).all(), k
+
+
+def assert_finite_params(tr):
+    for k in ("rotation", "translation", "expression", "sh", "gaze", "blink", "landmarks_2d", "time"):
+        assert np.isfinite(getattr(tr, k)).all(), k
+
+
+# ---------------------------------------------------------------------------------------------------------- bad input
+def test_bad_video_files_leave_nothing(tmp_path, ict_model):
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match="not found"):
+        track_video(tmp_path / "missing.mp4", out, ict_model, tracker_factory=stub, progress=False)
+    assert not out.exists()
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(VideoError, match="empty.mp4"):
+        track_video(empty, out, ict_model, tracker_factory=stub, progress=False)
+    assert not out.exists()
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 20)
+    with pytest.raises(VideoError, match="notes.mp4"):
+        track_video(text, out, ict_model, tracker_factory=stub, progress=False)
+    assert not out.exists()
+    # a truncated file (the mp4 index is at the end)
+    good = write_video(tmp_path / "good.mp4", [np.full((64, 64, 3), 128, np.uint8)] * 10)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(VideoError, match="cut.mp4"):
+        track_video(cut, out, ict_model, tracker_factory=stub, progress=False)
+    assert not out.exists()
+    # an existing folder is left as it was
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(VideoError):
+        track_video(text, out, ict_model, tracker_factory=stub, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    with pytest.raises(NotADirectoryError):
+        track_video(good, f, ict_model, tracker_factory=stub, progress=False)
+    with pytest.raises(ValueError, match="max_frames"):
+        track_video(good, out, ict_model, tracker_factory=stub, progress=False, max_frames=0)
+
+
+def test_video_without_any_face(tmp_path, ict_model):
+    rng = np.random.default_rng(1)
+    v = write_video(tmp_path / "noise.mp4", [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(12)])
+    out = tmp_path / "out"
+    with pytest.raises(NoFaceError, match="noise.mp4"):
+        track_video(v, out, ict_model, tracker_factory=stub, progress=False)
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------- main flow
+def test_faceless_stretch_and_reentry(tmp_path, gap_video, ict_model):
+    out = tmp_path / "out"
+    res = track_video(gap_video, out, ict_model, TrackConfig(chunk_size=8), tracker_factory=stub, progress=False)
+    assert res.frames == 22 and res.frames_with_face == 14 and res.resumed_from == 0
+    assert sorted(p.name for p in out.iterdir()) == ["energy_fps.png", "overlay.mp4", "params.npz", "summary.json"]
+    tr = load_track(out)
+    assert len(tr) == 22
+    np.testing.assert_array_equal(tr.index, np.arange(22))
+    np.testing.assert_allclose(tr.time, np.arange(22) / 25.0, atol=1e-6)
+    expect = np.array([i < 7 or i >= 15 for i in range(22)])
+    np.testing.assert_array_equal(tr.face_found, expect)
+    assert tr.has_flag("no_face")[~expect].all() and tr.has_flag("bridged")[~expect].all()
+    assert not tr.has_flag("no_face")[expect].any()
+    assert tr.has_flag("redetected")[15] and tr.status[15] == "detected"
+    assert set(tr.status[~expect]) == {"no_face"}
+    assert_finite_params(tr)
+    # bridged frames carry the last tracked parameters
+    np.testing.assert_array_equal(tr.translation[7:15], np.repeat(tr.translation[6:7], 8, 0))
+    assert np.isnan(tr.landmarks[~expect]).all() and np.isfinite(tr.landmarks[expect]).all()
+    assert np.isnan(tr.energy[~expect]).all()
+    # per-video values
+    assert tr.image_size == (192, 256) and tr.fps == pytest.approx(25.0)
+    assert tr.focal == pytest.approx(1.2 * 256) and tr.principal_point.tolist() == [128.0, 96.0]
+    assert tr.identity.shape == (100,) and tr.albedo is None
+    assert tr.expression.shape == (22, ict_model.num_expression)
+    assert tr.expression_names == tuple(ict_model.expression_names) and len(tr.gaze_names) == 8
+    assert 1 <= len(tr.keyframes) <= 8 and all(expect[k] for k in tr.keyframes)
+    assert tr.video == str(gap_video.resolve())
+    # the gaze given to the solver is stored and went into the expression
+    gi = [tr.expression_names.index(n) for n in tr.gaze_names]
+    np.testing.assert_allclose(tr.expression[expect][:, gi], tr.gaze[expect], atol=1e-6)
+    # summary
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 22 and summary["frames_with_face"] == 14
+    assert summary["status_counts"]["no_face"] == 8 and summary["flag_counts"]["no_face"] == 8
+    for k in ("keyframes", "bundle", "decode", "landmarks", "eyes", "solve", "overlay_render", "overlay_encode"):
+        assert summary["timings_s"][k] >= 0, k
+    assert summary["tracking_fps"] > 0 and summary["jitter"]["triples"] > 0
+    # the overlay: same frames and times, labelled where no face
+    r = VideoReader(out / "overlay.mp4")
+    assert r.size == (192, 256) and r.frame_count == 22 and r.fps == pytest.approx(25.0)
+    from PIL import Image
+
+    png = Image.open(out / "energy_fps.png")
+    assert png.size[0] >= 400
+
+
+def test_odd_size_odd_rate_and_estimated_frame_count(tmp_path, lenna, ict_model):
+    rng = np.random.default_rng(2)
+    frames = [face_frame_image(lenna, (121, 161), 90, (30 + 2 * i, 12), rng) for i in range(9)]
+    v = write_odd_video(tmp_path / "odd.mp4", frames, Fraction(25, 2))
+    res = track_video(v, tmp_path / "out", ict_model, tracker_factory=stub, progress=False)
+    tr = load_track(res.out_dir)
+    assert tr.image_size == (121, 161) and len(tr) == 9 and tr.face_found.all()
+    np.testing.assert_allclose(tr.time, np.arange(9) / 12.5, atol=1e-6)
+    ov = VideoReader(res.overlay_path)
+    assert ov.size == (122, 162) and ov.frame_count == 9  # H.264 4:2:0 output padded by one row / column
+
+
+def test_one_and_two_frame_videos(tmp_path, lenna, ict_model):
+    rng = np.random.default_rng(7)
+    for n in (1, 2):
+        frames = [face_frame_image(lenna, (144, 192), 100, (40 + i, 20), rng) for i in range(n)]
+        v = write_video(tmp_path / f"n{n}.mp4", frames)
+        res = track_video(v, tmp_path / f"out{n}", ict_model, tracker_factory=stub, progress=False)
+        tr = load_track(res.out_dir)
+        assert len(tr) == n and tr.face_found.all() and VideoReader(res.overlay_path).frame_count == n
+        assert res.summary["jitter"]["triples"] == 0
+
+
+def test_very_small_faces(tmp_path, lenna, ict_model):
+    rng = np.random.default_rng(3)
+    frames = [face_frame_image(lenna, (120, 160), 50, (20 + 3 * i, 10 + i), rng) for i in range(8)]
+    v = write_video(tmp_path / "small.mp4", frames, fps=30, crf=10)
+    tr = load_track(track_video(v, tmp_path / "out", ict_model, tracker_factory=stub, progress=False,
+                                overlay=False).out_dir)
+    assert tr.face_found.all() and tr.has_flag("small_face").all()
+    gt0 = (lenna[1] - [150, 170]) * 50 / 280.0 + [20, 10]
+    assert np.linalg.norm(tr.landmarks[0] - gt0, axis=1).mean() < 1.5  # pixels, on a 25 px face box
+    assert not (tmp_path / "out" / "overlay.mp4").exists()
+
+
+def test_variable_frame_rate_times_are_kept(tmp_path, lenna, ict_model):
+    rng = np.random.default_rng(4)
+    times = np.cumsum([0.0, 0.04, 0.04, 0.1, 0.02, 0.033, 0.25, 0.04, 0.04, 0.05])
+    frames = [face_frame_image(lenna, (144, 192), 100, (30 + i, 20), rng) for i in range(len(times))]
+    v = write_video(tmp_path / "vfr.mp4", frames, fps=25, times=times)
+    res = track_video(v, tmp_path / "out", ict_model, tracker_factory=stub, progress=False)
+    tr = load_track(res.out_dir)
+    np.testing.assert_allclose(tr.time, times, atol=1e-4)
+    assert res.summary["timestamps"]["variable_rate"]
+    back = np.array([f.time for f in VideoReader(res.overlay_path)])
+    np.testing.assert_allclose(back, times, atol=1e-4)
+
+
+def test_max_frames_and_nan_guard(tmp_path, gap_video, ict_model, monkeypatch):
+    monkeypatch.setattr(StubTracker, "nan_frames", {3})
+    res = track_video(gap_video, tmp_path / "out", ict_model, tracker_factory=stub, progress=False, overlay=False,
+                      max_frames=6)
+    tr = load_track(res.out_dir)
+    assert len(tr) == 6 and tr.has_flag("nan_replaced").tolist() == [False, False, True, False, False, False]
+    assert_finite_params(tr)
+    np.testing.assert_array_equal(tr.rotation[2], tr.rotation[1])  # the previous frame's values
+    assert all(k < 6 for k in tr.keyframes)
+
+
+# ---------------------------------------------------------------------------------------------------------- resume
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("exc", [Interrupt, KeyboardInterrupt])
+def test_resume_after_interruption_gives_the_same_params(tmp_path, gap_video, ict_model, exc):
+    cfg = TrackConfig(chunk_size=5)
+    full = load_track(track_video(gap_video, tmp_path / "full", ict_model, cfg, tracker_factory=stub,
+                                  progress=False, overlay=False).out_dir)
+
+    def stop_at_12(i, res):
+        if i == 12:
+            raise exc("stop")
+
+    out = tmp_path / "part"
+    with pytest.raises(exc):
+        track_video(gap_video, out, ict_model, cfg, tracker_factory=stub, progress=False, callback=stop_at_12)
+    state = out / STATE_DIR
+    manifest = json.loads((state / "manifest.json").read_text())
+    assert manifest["frames_done"] == 13 and not manifest["complete"]  # frames 0..12 finished
+    assert [c["stop"] for c in manifest["chunks"]] == [5, 10, 13]
+    assert sorted(p.name for p in out.iterdir()) == [STATE_DIR]  # no half-written output
+    assert sorted(p.name for p in state.glob("state_*.npz")) == ["state_000002.npz"]
+    seen = []
+    res = track_video(gap_video, out, ict_model, cfg, tracker_factory=stub, progress=False,
+                      callback=lambda i, r: seen.append(i))
+    assert res.resumed_from == 13 and seen == list(range(13, 22))
+    assert not state.exists()
+    part = load_track(out)
+    per_frame_equal(full, part)
+    np.testing.assert_array_equal(full.identity, part.identity)
+    np.testing.assert_array_equal(full.keyframes, part.keyframes)
+    assert VideoReader(out / "overlay.mp4").frame_count == 22
+
+
+def test_restart_and_changed_settings_discard_the_partial_run(tmp_path, gap_video, ict_model):
+    cfg = TrackConfig(chunk_size=5)
+
+    def stop(i, res):
+        if i == 12:
+            raise Interrupt()
+
+    out = tmp_path / "out"
+    with pytest.raises(Interrupt):
+        track_video(gap_video, out, ict_model, cfg, tracker_factory=stub, progress=False, callback=stop,
+                    overlay=False)
+    res = track_video(gap_video, out, ict_model, cfg, tracker_factory=stub, progress=False, overlay=False,
+                      resume=False)
+    assert res.resumed_from == 0 and res.frames == 22
+    with pytest.raises(Interrupt):
+        track_video(gap_video, out, ict_model, cfg, tracker_factory=stub, progress=False, callback=stop,
+                    overlay=False)
+    res = track_video(gap_video, out, ict_model, TrackConfig(chunk_size=5, keyframes=3), tracker_factory=stub,
+                      progress=False, overlay=False)
+    assert res.resumed_from == 0 and len(load_track(out).keyframes) <= 3
+
+
+def test_interrupt_before_any_frame_leaves_nothing(tmp_path, gap_video, ict_model):
+    def boom(model, config, size, fps):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        track_video(gap_video, out, ict_model, tracker_factory=boom, progress=False)
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------- memory
+def test_memory_does_not_grow_with_length(tmp_path, lenna, ict_model):
+    """Python-side allocations (tracemalloc: numpy buffers included) stay flat over 240 streamed frames."""
+    rng = np.random.default_rng(5)
+    face = face_frame_image(lenna, (96, 128), 70, (30, 10), rng)
+    frames = [np.roll(face, i % 9, axis=1) for i in range(240)]
+    v = write_video(tmp_path / "long.mp4", frames, fps=30)
+    samples = {}
+
+    def probe(i, res):
+        if i in (60, 235):
+            samples[i] = tracemalloc.get_traced_memory()[0]
+
+    tracemalloc.start()
+    try:
+        track_video(v, tmp_path / "out", ict_model, TrackConfig(chunk_size=50), tracker_factory=stub,
+                    progress=False, overlay=False, callback=probe)
+    finally:
+        tracemalloc.stop()
+    assert samples[235] - samples[60] < 1.5e6, samples  # the chunk buffer is at most 50 frames
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+def test_keyframe_selection_is_diverse_and_pose_invariant():
+    rng = np.random.default_rng(6)
+    base = rng.normal(size=(68, 2)) * 10 + 100
+    base[36:42] += [-25, 0]
+    base[42:48] += [25, 0]
+    d0 = keyframe_descriptor(base)
+    th = 0.4
+    R = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    np.testing.assert_allclose(keyframe_descriptor(2.5 * base @ R.T + [40, -7]), d0, atol=1e-9)
+    # three clusters (e.g. neutral, mouth open, turned): the first three picks cover all of them
+    open_mouth = base.copy()
+    open_mouth[48:68, 1] += np.where(np.arange(20) % 2, 15, 0)
+    turned = base * [0.7, 1.0]
+    cands = [b + rng.normal(0, 0.3, (68, 2)) for b in [base] * 10 + [open_mouth] * 3 + [turned] * 2]
+    D = np.stack([keyframe_descriptor(c) for c in cands])
+    picks = select_keyframes(D, 3)
+    assert sorted({0 if p < 10 else 1 if p < 13 else 2 for p in picks}) == [0, 1, 2]
+    assert picks[0] < 10  # starts from the most typical frame
+    assert select_keyframes(D[:2], 5) == [0, 1] or sorted(select_keyframes(D[:2], 5)) == [0, 1]
+    assert select_keyframes(np.zeros((0, 136)), 3) == []
+
+
+def test_landmark_jitter():
+    t = np.arange(10, dtype=float)[:, None, None]
+    linear = np.concatenate([t * [1.0, 2.0]] * 3, axis=1)  # (10, 3, 2): constant velocity
+    assert landmark_jitter([linear]) == (0.0, 24)
+    alt = np.zeros((6, 1, 2))
+    alt[::2, 0, 0] = 1.0  # +1, 0, +1, 0 ...: second difference +-2
+    rms, n = landmark_jitter([alt, np.zeros((2, 1, 2))])
+    assert rms == pytest.approx(2.0) and n == 4
+
+
+def test_load_track_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="facerender track"):
+        load_track(tmp_path)
+    np.savez(tmp_path / "params.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="missing"):
+        load_track(tmp_path)
+    (tmp_path / "params.npz").write_text("garbage")
+    with pytest.raises(ValueError, match="readable"):
+        load_track(tmp_path / "params.npz")
+
+
+def test_render_overlay_from_a_track(tmp_path, gap_video, ict_model):
+    res = track_video(gap_video, tmp_path / "out", ict_model, tracker_factory=stub, progress=False, overlay=False,
+                      max_frames=10)
+    timings = {}
+    p = render_overlay(res.out_dir, gap_video, tmp_path / "ov.mp4", ict_model, progress=False, timings=timings)
+    frames = [f.image for f in VideoReader(p)]
+    assert len(frames) == 10 and timings["overlay_render"] > 0
+    src = [f.image for f in VideoReader(gap_video)][:10]
+    tr = load_track(res.out_dir)
+    # the model's projected landmarks are drawn in red over the frame
+    x, y = tr.landmarks_2d[0][30].astype(int)
+    px = frames[0][y, x].astype(int)
+    assert px[0] > 150 and px[1] < 120, px
+    assert np.abs(frames[0].astype(int) - src[0].astype(int)).mean() > 1.0
+    with pytest.raises(ValueError, match="frames"):
+        bad = write_video(tmp_path / "other.mp4", [np.zeros((64, 64, 3), np.uint8)] * 3)
+        render_overlay(res.out_dir, bad, tmp_path / "ov2.mp4", ict_model, progress=False)
+    assert not (tmp_path / "ov2.mp4").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+def test_cli_track(tmp_path, gap_video, ict_home, monkeypatch, capsys):
+    from facerender import cli
+    from facerender.tracking import tracker as tracker_module
+
+    monkeypatch.setattr(tracker_module, "FaceTracker", StubTracker)
+    out = tmp_path / "cli"
+    rc = cli.main(["--home", str(ict_home), "track", str(gap_video), "-o", str(out), "--max-frames", "12",
+                   "--no-overlay"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "frames/s" in text and "solve" in text and "params.npz" in text
+    assert len(load_track(out)) == 12 and not (out / "overlay.mp4").exists()
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("nope")
+    rc = cli.main(["--home", str(ict_home), "track", str(bad), "-o", str(tmp_path / "cli2")])
+    assert rc == 1 and "bad.mp4" in capsys.readouterr().err
+    assert not (tmp_path / "cli2").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------- real solver
+@pytest.mark.slow
+def test_real_tracker_on_a_real_clip(tmp_path, video_dir, ict_model):
+    """The lead's FaceTracker end to end on 20 frames of talking_d3 (3 keyframes to keep it short)."""
+    pytest.importorskip("facerender.tracking.tracker")
+    cfg = TrackConfig(keyframes=3, keyframe_candidates=6, chunk_size=8)
+    res = track_video(video_dir / "talking_d3.mp4", tmp_path / "out", ict_model, cfg, max_frames=20,
+                      progress=False)
+    tr = load_track(res.out_dir)
+    assert len(tr) == 20 and tr.face_found.all()
+    assert_finite_params(tr)
+    assert tr.albedo is not None and tr.albedo.shape[1] == 3 and np.isfinite(tr.albedo).all()
+    assert np.isfinite(tr.energy).all()
+    # the projected model landmarks follow the detected ones
+    err = np.linalg.norm(tr.landmarks_2d - tr.landmarks, axis=-1)[:, 17:].mean()
+    assert err < 6.0, err
+    j = res.summary["jitter"]
+    assert j["triples"] >= 10 and np.isfinite(j["model_px"]) and np.isfinite(j["detector_px"])
+    assert VideoReader(res.overlay_path).frame_count == 20
