@@ -1,0 +1,26 @@
+"""``facerender reenact --source SRC --target TGT -o DIR`` (Face2Face)."""
+from __future__ import annotations
+
+
+def run_reenact(args) -> int:
+    from morphable_models import load_ict
+
+    from .face2face import Face2FaceConfig, face2face
+
+    cfg = Face2FaceConfig(crop_size=args.crop_size, transfer_pose=args.transfer_pose, length=args.length,
+                          audio=args.audio, mouth=args.mouth, max_frames=args.max_frames)
+    model = load_ict(args.home)
+    res = face2face(args.source, args.target, args.output, model, cfg, progress=True)
+    t = res.timings
+    n = max(res.frames, 1)
+    print(f"tracking: source {t['track_source']:.1f} s, target {t['track_target']:.1f} s "
+          "(0 s: reused a track folder)")
+    per = {k: t[k] / n * 1e3 for k in ("decode", "transfer", "render", "composite", "encode")}
+    total = sum(per.values())
+    print("reenactment per frame: " + ", ".join(f"{k} {v:.1f} ms" for k, v in per.items())
+          + f" = {total:.1f} ms ({1e3 / total:.1f} fps at a {cfg.crop_size}^2 face crop; loop {res.fps:.1f} fps)")
+    print(f"wrote {res.result_path}")
+    if res.side_by_side_path is not None:
+        print(f"wrote {res.side_by_side_path}")
+    print(f"stage stills in {res.out_dir / 'stills'}; summary in {res.out_dir / 'summary.json'}")
+    return 0

@@ -1,0 +1,628 @@
+"""Face2Face (Thies et al., CVPR 2016): the source actor's facial expressions on the target actor's video.
+
+``face2face(source, target, out_dir) -> Face2FaceResult`` (and ``facerender reenact``):
+
+1. **Tracking** both videos (:func:`facerender.tracking.video.track_video`; a folder written by
+   ``facerender track`` is reused as is).
+2. **Expression transfer** relative to each actor's neutral: the neutral of an actor is a robust low percentile of
+   each blendshape weight over its frames (``neutral_percentile``, default the 5th); the target gets
+   ``clip(neutral_target + (source - neutral_source), 0, 1)``. The target keeps its pose, lighting, albedo and gaze
+   (``eyeLook*`` are not transferred: dlib's points do not see the eyes' direction reliably in both videos); blinks
+   transfer with the offsets. Optionally the source's head rotation relative to its median pose is applied on top of
+   the target's (``transfer_pose``).
+3. **Rendering** the target face with the transferred expression in a square face crop (``crop_size``, default
+   256^2) and **colouring** it from the CURRENT target frame: each pixel's surface point on the target's TRACKED
+   mesh is projected into the frame and sampled there (visibility-checked), falling back to albedo x SH where the
+   frame does not see the surface (newly exposed areas), brightness-matched (``facerender.reenact.reproject``).
+4. **Mouth interior** by Face2Face's mouth retrieval: a database of the target's own mouth crops; per output frame
+   the best match for the reenacted mouth shape with temporal coherence, warped into place with a thin-plate spline
+   (``facerender.reenact.mouth``). Targets too short for a database (or queries without a fitting entry) keep the
+   model-rendered mouth (tongue and teeth of the model).
+5. **Compositing**: gradient-domain (Poisson) blending inside the rendered face mask (colour matched at the border
+   by construction), then the crop is pasted back into the full frame with a feathered mask (only face pixels
+   change).
+6. **Encoding** ``result.mp4`` and ``side_by_side.mp4`` (source | target | result) with audio, and stills of each stage.
+
+Length, frame rate and size policy: the output follows the SOURCE by default (``length="source"``): one output frame
+per source frame at the source's frame rate; the target video is played forward and backward (ping-pong) when it is
+shorter, so there is never a jump. ``length="target"`` follows the target (the source loops when shorter),
+``"shortest"`` stops at the shorter. Frames are matched by time, so different frame rates work. The output has the
+target's size. Audio: ``"auto"`` takes the audio of the video the output follows (``"source"``, ``"target"`` or
+``"none"`` to choose); audio shorter than the output ends early.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from morphable_models import LinearFaceModel, model_to_camera
+from morphable_models.paths import PathLike
+
+from ..cameras import PinholeCamera
+from ..errors import FaceRenderError, VideoError
+from ..render.rasterize import RasterSettings, rasterize
+
+log = logging.getLogger(__name__)
+
+RENDER_REGIONS = ("face", "mouth_socket", "gums_and_tongue", "teeth")
+MOUTH_INTERIOR = ("mouth_socket", "gums_and_tongue", "teeth")
+
+
+@dataclass
+class Face2FaceConfig:
+    """Settings of :func:`face2face` (see the module docstring for the policies).
+
+    Attributes:
+        crop_size: side of the square face crop the face is re-rendered and composited in (pixels).
+        crop_scale: crop side / side of the target's landmark box; crop_smoothing: exponential smoothing of the
+            crop box over frames (0: none).
+        neutral_percentile: percentile of each blendshape weight taken as an actor's neutral.
+        transfer_pose: also apply the source's head rotation relative to its median pose.
+        length: ``"source"``, ``"target"`` or ``"shortest"``; audio: ``"auto"``, ``"source"``, ``"target"``, ``"none"``.
+        mouth: ``"retrieval"`` (Face2Face) or ``"model"`` (the model's rendered mouth interior).
+        mouth_min_frames: targets with fewer tracked frames use the model mouth.
+        colour_from_frame: colour the face from the current target frame (else albedo x SH everywhere).
+        blend: :class:`~facerender.reenact.blend.BlendConfig` method (``"poisson"``, ``"multiband"``, ...); erode: px.
+        side_by_side: write ``side_by_side.mp4``; side_height: its panel height.
+        stills: output frames whose stage images are saved in ``stills/``.
+        max_frames: limit the output length (and the tracking of both videos).
+        crf, preset: x264 settings of the outputs.
+    """
+
+    crop_size: int = 256
+    crop_scale: float = 1.7
+    crop_smoothing: float = 0.6
+    neutral_percentile: float = 5.0
+    transfer_pose: bool = False
+    length: str = "source"
+    audio: str = "auto"
+    mouth: str = "retrieval"
+    mouth_min_frames: int = 30
+    colour_from_frame: bool = True
+    blend: str = "poisson"
+    erode: int = 3
+    side_by_side: bool = True
+    side_height: int = 256
+    stills: Tuple[int, ...] = (0, 30, 90)
+    max_frames: Optional[int] = None
+    crf: float = 20
+    preset: str = "veryfast"
+
+    def __post_init__(self):
+        if self.length not in ("source", "target", "shortest"):
+            raise ValueError(f"length must be 'source', 'target' or 'shortest', got {self.length!r}")
+        if self.audio not in ("auto", "source", "target", "none"):
+            raise ValueError(f"audio must be 'auto', 'source', 'target' or 'none', got {self.audio!r}")
+        if self.mouth not in ("retrieval", "model"):
+            raise ValueError(f"mouth must be 'retrieval' or 'model', got {self.mouth!r}")
+        if self.crop_size < 32:
+            raise ValueError(f"crop_size must be >= 32, got {self.crop_size}")
+
+
+@dataclass
+class Face2FaceResult:
+    """What :func:`face2face` wrote: ``result_path``, ``side_by_side_path``, the two track folders, ``stills``
+    (paths), ``frames``, per-frame ``source_index`` / ``target_index`` and ``flags``, ``timings`` (seconds per stage)
+    and ``fps`` of the reenactment loop."""
+
+    out_dir: Path
+    result_path: Path
+    side_by_side_path: Optional[Path]
+    source_track: Path
+    target_track: Path
+    stills: List[Path]
+    frames: int
+    source_index: np.ndarray
+    target_index: np.ndarray
+    flags: List[List[str]]
+    timings: Dict[str, float]
+    fps: float
+    summary: Dict[str, object] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# expression transfer
+
+
+def actor_neutral(expression: np.ndarray, valid: Optional[np.ndarray] = None, percentile: float = 5.0) -> np.ndarray:
+    """An actor's neutral expression: the ``percentile``-th percentile of each weight over the (valid) frames."""
+    e = np.asarray(expression, dtype=np.float64)
+    if valid is not None and np.any(valid):
+        e = e[np.asarray(valid, dtype=bool)]
+    if e.shape[0] == 0:
+        return np.zeros(expression.shape[-1])
+    return np.percentile(e, percentile, axis=0)
+
+
+def transfer_expression(source: np.ndarray, source_neutral: np.ndarray, target_neutral: np.ndarray,
+                        keep: Optional[np.ndarray] = None, target_current: Optional[np.ndarray] = None,
+                        lower: float = 0.0, upper: float = 1.0) -> np.ndarray:
+    """``clip(target_neutral + (source - source_neutral), lower, upper)``; weights where ``keep`` is True take
+    ``target_current`` instead (e.g. the target's own gaze). Shapes ``(..., K)``."""
+    out = np.clip(np.asarray(target_neutral) + (np.asarray(source) - np.asarray(source_neutral)), lower, upper)
+    if keep is not None and target_current is not None:
+        out = np.where(keep, target_current, out)
+    return out
+
+
+def frame_schedule(n_source: int, fps_source: float, n_target: int, fps_target: float, length: str
+                   ) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Source and target frame index per output frame, and the output fps (see the module docstring)."""
+    if n_source < 1 or n_target < 1:
+        raise ValueError(f"both videos need frames, got {n_source} and {n_target}")
+    if length == "source":
+        fps, dur = fps_source, n_source / fps_source
+    elif length == "target":
+        fps, dur = fps_target, n_target / fps_target
+    else:
+        fps = fps_source
+        dur = min(n_source / fps_source, n_target / fps_target)
+    n = max(1, int(round(dur * fps)))
+    t = np.arange(n) / fps
+
+    def pingpong(k, m):
+        if m == 1:
+            return np.zeros_like(k)
+        period = 2 * (m - 1)
+        k = k % period
+        return np.where(k < m, k, period - k)
+
+    src = np.minimum(np.round(t * fps_source).astype(np.int64), 10 ** 12)
+    src = src % n_source if length == "target" else np.minimum(src, n_source - 1)
+    tgt = pingpong(np.round(t * fps_target).astype(np.int64), n_target)
+    return src, tgt, fps
+
+
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _load_or_track(path: Path, out_dir: Path, model, max_frames, progress) -> Tuple[Path, Path]:
+    """(track folder, video path) for a video or a folder written by ``facerender track``."""
+    from ..tracking.video import load_track, track_video
+
+    path = Path(path)
+    if path.is_dir():
+        tr = load_track(path)
+        video = Path(tr.video)
+        if not video.is_file():
+            raise FileNotFoundError(f"{path} is a track of {tr.video}, which no longer exists")
+        return path, video
+    if not path.exists():
+        raise FileNotFoundError(f"no such video or track folder: {path}")
+    track_video(path, out_dir, model, max_frames=max_frames, overlay=False, progress=progress)
+    return out_dir, path
+
+
+class _FrameSource:
+    """Frames of a video by index: a cache (when indices go back, e.g. ping-pong) or a forward stream."""
+
+    def __init__(self, path: Path, cache: bool, limit: Optional[int] = None):
+        from ..io.video import VideoReader
+
+        self.reader = VideoReader(path)
+        self.cache: Optional[List[np.ndarray]] = None
+        self.limit = limit
+        if cache:
+            self.cache = []
+            for i, fr in enumerate(self.reader):
+                if limit is not None and i >= limit:
+                    break
+                self.cache.append(fr.image)
+        self._it: Optional[Iterator] = None
+        self._pos = -1
+        self._cur: Optional[np.ndarray] = None
+
+    def get(self, i: int) -> np.ndarray:
+        if self.cache is not None:
+            return self.cache[min(i, len(self.cache) - 1)]
+        if self._it is None or i < self._pos:  # restart (a loop)
+            self._it = iter(self.reader)
+            self._pos = -1
+        while self._pos < i:
+            try:
+                self._cur = next(self._it).image
+                self._pos += 1
+            except StopIteration:
+                break
+        return self._cur
+
+
+class _Reenactor:
+    """Per-frame rendering and compositing for one target (precomputed model, mouth database, camera)."""
+
+    def __init__(self, model: LinearFaceModel, tgt, cfg: Face2FaceConfig, target_frames: "_FrameSource"):
+        from ..render.conditioning import region_albedo
+        from ..tracking.tracker import model_with_identity
+
+        self.cfg = cfg
+        dt = torch.float32
+        self.id_model = model_with_identity(model.to(dt), torch.as_tensor(tgt.identity, dtype=dt))
+        regions = [r for r in RENDER_REGIONS if r in self.id_model.regions]
+        reg = self.id_model.regions[regions[0]]
+        for r in regions[1:]:
+            reg = reg.union(self.id_model.regions[r])
+        self.vid = torch.as_tensor(reg.vertex_ids)
+        sub = self.id_model.submodel(reg)
+        self.faces = sub.faces
+        V = self.id_model.num_vertices
+        self.template = self.id_model.template[self.vid]
+        self.basis = self.id_model.expression_basis.view(-1, V, 3)[:, self.vid].reshape(-1, self.vid.numel() * 3)
+        albedo = region_albedo(self.id_model)
+        if tgt.albedo is not None:
+            fid = torch.as_tensor(self.id_model.regions["face"].vertex_ids)
+            albedo[fid] = torch.as_tensor(tgt.albedo, dtype=dt)
+        self.albedo = albedo[self.vid]
+        # triangles of the mouth interior (rendered by the model, replaced by retrieval)
+        mouth = np.zeros(V, dtype=bool)
+        for r in MOUTH_INTERIOR:
+            if r in self.id_model.regions:
+                mouth[self.id_model.regions[r].vertex_ids] = True
+        old_to_new = -np.ones(V, dtype=np.int64)
+        old_to_new[reg.vertex_ids] = np.arange(reg.vertex_ids.size)
+        self.mouth_faces = torch.as_tensor(mouth[reg.vertex_ids][self.faces.numpy()].all(1))
+        lm = self.id_model.landmarks["ibug68"].vertex_index
+        self.lm_local = torch.as_tensor(old_to_new[lm])
+        # the face-area triangles come first (region ids are sorted): the tracked z-buffer only needs them, and
+        # their ids are the same in both rasterizations
+        face_v = np.zeros(V, dtype=bool)
+        face_v[self.id_model.regions["face"].vertex_ids] = True
+        is_face = face_v[reg.vertex_ids][self.faces.numpy()].all(1)
+        self.n_face = int(np.argmin(is_face)) if not is_face.all() else len(is_face)
+        # fallback shading per vertex from the neutral shape's normals (rotated per frame): the fallback only shows
+        # where the frame does not see the surface, and is brightness-matched to the frame there
+        from morphable_models import vertex_normals
+
+        self.normals = vertex_normals(self.template[None], self.faces)[0]
+        self.focal = float(tgt.focal)
+        self.pp = np.asarray(tgt.principal_point, dtype=np.float64)
+        self.box = None
+        self.mouth_db = None
+        self.prev_match = None
+
+    def build_mouth_database(self, tgt, frames: "_FrameSource"):
+        from .mouth import MouthDatabase
+
+        ok = np.asarray(tgt.face_found, dtype=bool)
+        idx = np.nonzero(ok)[0]
+        if self.cfg.mouth != "retrieval" or idx.size < self.cfg.mouth_min_frames:
+            return None
+        db = MouthDatabase(expression_names=list(tgt.expression_names))
+        for i in idx:
+            db.add(frames.get(int(i)), tgt.landmarks_2d[i], tgt.expression[i], frame_id=int(i))
+        self.mouth_db = db
+        return db
+
+    def vertices(self, expression: np.ndarray) -> torch.Tensor:
+        e = torch.as_tensor(np.asarray(expression, dtype=np.float32))[None]
+        return (self.template.reshape(1, -1) + e @ self.basis).view(1, -1, 3)
+
+    def crop_box(self, landmarks: np.ndarray, size_hw) -> Tuple[float, float, float]:
+        lo, hi = landmarks.min(0), landmarks.max(0)
+        box = ((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, float(max(hi - lo)) * self.cfg.crop_scale)
+        if self.box is not None and self.cfg.crop_smoothing > 0:
+            a = self.cfg.crop_smoothing
+            box = tuple(a * p + (1 - a) * b for p, b in zip(self.box, box))
+        self.box = box
+        return box
+
+    @torch.no_grad()
+    def frame(self, frame: np.ndarray, rot: np.ndarray, trans: np.ndarray, sh: np.ndarray, expr_track: np.ndarray,
+              expr_out: np.ndarray, landmarks: np.ndarray, timer: Dict[str, float], stills: Optional[dict] = None
+              ) -> np.ndarray:
+        from ..render.interpolate import interpolate
+        from ..render.lighting import sh_irradiance
+        from .blend import seamless_blend
+        from .reproject import recolor, reproject_frame
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        H, W = frame.shape[:2]
+        S = cfg.crop_size
+        cx, cy, side = self.crop_box(landmarks, (H, W))
+        s = S / side
+        x0, y0 = cx - side / 2, cy - side / 2
+        # the target frame's crop (bilinear; area-like pre-blur when shrinking)
+        from ..fitting.fit_image import crop_face
+
+        frame_t = torch.from_numpy(frame)
+        crop = crop_face(frame_t, (cx, cy), side, S)
+        cam = PinholeCamera(self.focal * s, self.focal * s, (self.pp[0] - x0) * s, (self.pp[1] - y0) * s, (S, S))
+        R = torch.as_tensor(rot, dtype=torch.float32)[None]
+        T = torch.as_tensor(trans, dtype=torch.float32)[None]
+        v_out = self.vertices(expr_out)
+        v_trk = self.vertices(expr_track)
+        c_out = model_to_camera(v_out, R, T)
+        c_trk = model_to_camera(v_trk, R, T)
+        scr_out = cam.to_screen(c_out)
+        scr_trk = cam.to_screen(c_trk)
+        timer["transfer"] += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        settings = RasterSettings(cull_backfaces=True)
+        frag_out = rasterize(scr_out, self.faces, (S, S), settings)
+        frag_trk = rasterize(scr_trk, self.faces[:self.n_face], (S, S), settings)
+        n_cam = self.normals @ (R[0] * torch.tensor([[1.0], [-1.0], [-1.0]])).T
+        vcol = self.albedo * sh_irradiance(n_cam[None], torch.as_tensor(sh, dtype=torch.float32).reshape(1, 9, 3))[0]
+        fallback = interpolate(vcol, frag_out)[0].clamp(0, 1)
+        mask = frag_out.triangle_id[0] >= 0
+        timer["render"] += time.perf_counter() - t1
+        t2 = time.perf_counter()
+        tri = frag_out.triangle_id[0]
+        in_mouth = torch.zeros_like(mask)
+        in_mouth[mask] = self.mouth_faces[tri[mask]]
+        if cfg.colour_from_frame:
+            rep = reproject_frame(crop[None], frag_out, scr_trk, tracked_fragments=frag_trk)
+            valid = rep.valid[0] & ~in_mouth
+            face = recolor(rep.colors[0], valid, fallback, mask)
+        else:
+            face = fallback
+        # mouth interior from the target's own frames
+        lm_out = scr_out[0, self.lm_local, :2]
+        if self.mouth_db is not None:
+            m = self.mouth_db.query(lm_out.double().numpy(), expr_out, previous=self.prev_match)
+            self.prev_match = m
+            if m is not None:
+                w = self.mouth_db.warp(m, lm_out.double().numpy(), (S, S))
+                a = w.alpha.to(face.dtype)[..., None]
+                face = a * w.image.to(face.dtype) + (1 - a) * face
+        # seamless blending inside the rendered mask, then paste back with a feathered mask
+        blended = seamless_blend(face, crop, mask, method=cfg.blend, erode=cfg.erode)
+        out = self._paste(frame_t, blended, mask, x0, y0, side)
+        timer["composite"] += time.perf_counter() - t2
+        if stills is not None:
+            stills.update(crop=crop, fallback=fallback * mask[..., None], face=face * mask[..., None],
+                          blended=blended)
+        return out
+
+    def _paste(self, frame: torch.Tensor, crop: torch.Tensor, mask: torch.Tensor, x0: float, y0: float,
+               side: float) -> np.ndarray:
+        """Resample the crop back into the frame's pixels under a feathered version of ``mask``."""
+        H, W = frame.shape[:2]
+        S = crop.shape[0]
+        ys = torch.nonzero(mask.any(1)).flatten()
+        xs = torch.nonzero(mask.any(0)).flatten()
+        self.last_band = None
+        if ys.numel() == 0:
+            return frame.numpy()
+        scale = side / S
+        r0 = max(0, int(math.floor(y0 + float(ys[0]) * scale)) - 2)
+        r1 = min(H, int(math.ceil(y0 + (float(ys[-1]) + 1) * scale)) + 2)
+        c0 = max(0, int(math.floor(x0 + float(xs[0]) * scale)) - 2)
+        c1 = min(W, int(math.ceil(x0 + (float(xs[-1]) + 1) * scale)) + 2)
+        if r1 <= r0 or c1 <= c0:
+            return frame.numpy()
+        # frame pixel centres -> crop pixel coordinates -> grid in [-1, 1]
+        py = (torch.arange(r0, r1, dtype=torch.float32) + 0.5 - y0) / scale
+        px = (torch.arange(c0, c1, dtype=torch.float32) + 0.5 - x0) / scale
+        gy, gx = torch.meshgrid(py / S * 2 - 1, px / S * 2 - 1, indexing="ij")
+        grid = torch.stack([gx, gy], -1)[None]
+        # alpha: the eroded mask, feathered (a 5-px box blur in the crop)
+        from .blend import erode_mask
+
+        a = erode_mask(mask[None], max(1, self.cfg.erode))[0].float()
+        a = F.avg_pool2d(a[None, None], 5, stride=1, padding=2, count_include_pad=False)
+        src = torch.cat([crop.permute(2, 0, 1), a[0]], 0)[None]
+        res = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        rgb, alpha = res[:3].permute(1, 2, 0), res[3][..., None]
+        out = frame.clone()
+        region = out[r0:r1, c0:c1].float() / 255.0
+        comp = alpha * rgb + (1 - alpha) * region
+        out[r0:r1, c0:c1] = (comp.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        # the band around the blend border (about 8 px wide): where a seam would show
+        edge = ((alpha > 0.02) & (alpha < 0.98)).float()[None, None, ..., 0]
+        band = F.max_pool2d(edge, 5, stride=1, padding=2)[0, 0] > 0
+        self.last_band = (r0, c0, band)
+        return out.numpy()
+
+
+def _label(img: np.ndarray, text: str) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(img)
+    d = ImageDraw.Draw(im)
+    d.rectangle([0, 0, 8 + 7 * len(text), 16], fill=(0, 0, 0))
+    d.text((4, 2), text, fill=(255, 255, 255))
+    return np.asarray(im)
+
+
+def _panel(img: np.ndarray, height: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    nw = max(2, int(round(w * height / h)) // 2 * 2)
+    return np.asarray(Image.fromarray(img).resize((nw, height), Image.BILINEAR))
+
+
+def face2face(
+    source: PathLike,
+    target: PathLike,
+    out_dir: PathLike,
+    model: Optional[LinearFaceModel] = None,
+    config: Optional[Face2FaceConfig] = None,
+    *,
+    progress: bool = True,
+) -> Face2FaceResult:
+    """Reenact: the source's expressions on the target video (see the module docstring).
+
+    Args:
+        source, target: a video file, or a folder written by ``facerender track`` (tracking is then not repeated).
+        out_dir: output folder: ``result.mp4``, ``side_by_side.mp4``, ``stills/``, ``source_track/``,
+            ``target_track/`` and ``summary.json``.
+        model: the face model (default ``load_ict()``).
+        config: :class:`Face2FaceConfig`.
+    Raises:
+        FileNotFoundError, VideoError (unreadable videos), NoFaceError (no face anywhere in a video). Outputs are
+        written to temporary files and renamed: a failure never leaves a half-written video.
+    """
+    from morphable_models import load_ict
+
+    from ..io.atomic import atomic_write
+    from ..io.image import write_image
+    from ..io.video import VideoWriter
+    from ..tracking.video import load_track
+
+    cfg = config or Face2FaceConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model or load_ict()
+    timer = {k: 0.0 for k in ("track_source", "track_target", "mouth_database", "decode", "transfer", "render",
+                              "composite", "encode")}
+    t = time.perf_counter()
+    src_dir, src_video = _load_or_track(Path(source), out / "source_track", model, cfg.max_frames, progress)
+    timer["track_source"] = time.perf_counter() - t
+    t = time.perf_counter()
+    tgt_dir, tgt_video = _load_or_track(Path(target), out / "target_track", model, cfg.max_frames, progress)
+    timer["track_target"] = time.perf_counter() - t
+    src, tgt = load_track(src_dir), load_track(tgt_dir)
+    if tuple(src.expression_names) != tuple(tgt.expression_names):
+        raise FaceRenderError("the two tracks were made with different expression sets")
+    names = list(tgt.expression_names)
+    n_src, n_tgt = len(src), len(tgt)
+    si, ti, fps = frame_schedule(n_src, src.fps, n_tgt, tgt.fps, cfg.length)
+    if cfg.max_frames is not None:
+        si, ti = si[:cfg.max_frames], ti[:cfg.max_frames]
+    N = len(si)
+    # neutrals and the transferred expressions
+    n_s = actor_neutral(src.expression, src.face_found, cfg.neutral_percentile)
+    n_t = actor_neutral(tgt.expression, tgt.face_found, cfg.neutral_percentile)
+    keep = np.array([n.startswith("eyeLook") for n in names])
+    expr_out = transfer_expression(src.expression[si], n_s, n_t, keep, tgt.expression[ti])
+    rot_out = tgt.rotation[ti].copy()
+    if cfg.transfer_pose:
+        from scipy.spatial.transform import Rotation as Rot
+
+        ref = Rot.from_rotvec(src.rotation[src.face_found]).mean() if src.face_found.any() else Rot.identity()
+        rel = Rot.from_rotvec(src.rotation[si]) * ref.inv()
+        rot_out = (rel * Rot.from_rotvec(rot_out)).as_rotvec()
+    # frames
+    t = time.perf_counter()
+    tgt_frames = _FrameSource(tgt_video, cache=True, limit=n_tgt)
+    src_frames = _FrameSource(src_video, cache=False)
+    timer["decode"] += time.perf_counter() - t
+    re = _Reenactor(model, tgt, cfg, tgt_frames)
+    t = time.perf_counter()
+    re.build_mouth_database(tgt, tgt_frames)
+    timer["mouth_database"] = time.perf_counter() - t
+    audio_choice = cfg.audio if cfg.audio != "auto" else cfg.length if cfg.length != "shortest" else "source"
+    audio = None
+    if audio_choice != "none":
+        from ..io.video import VideoReader
+
+        av_path = src_video if audio_choice == "source" else tgt_video
+        try:
+            if VideoReader(av_path).has_audio:
+                audio = av_path
+        except VideoError:
+            audio = None
+    stills_dir = out / "stills"
+    stills_dir.mkdir(exist_ok=True)
+    still_paths: List[Path] = []
+    flags: List[List[str]] = []
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=N, unit="frame", desc="reenact")
+        except ImportError:  # pragma: no cover
+            bar = None
+    t_loop = time.perf_counter()
+    H, W = tgt.image_size
+    prev = None
+    seam_out: List[float] = []
+    seam_tgt: List[float] = []
+    writer = VideoWriter(out / "result.mp4", fps=fps, audio_from=audio, crf=cfg.crf, preset=cfg.preset)
+    side = (VideoWriter(out / "side_by_side.mp4", fps=fps, audio_from=audio, crf=cfg.crf, preset=cfg.preset)
+            if cfg.side_by_side else None)
+    try:
+        for k in range(N):
+            s_i, t_i = int(si[k]), int(ti[k])
+            t = time.perf_counter()
+            frame = tgt_frames.get(t_i)
+            sframe = src_frames.get(s_i) if side is not None else None
+            timer["decode"] += time.perf_counter() - t
+            fl = []
+            if not src.face_found[s_i]:
+                fl.append("source_no_face")
+            if not tgt.face_found[t_i]:
+                fl.append("target_no_face")
+            stills = {} if k in cfg.stills else None
+            if tgt.face_found[t_i] or np.isfinite(tgt.landmarks_2d[t_i]).all():
+                result = re.frame(frame, rot_out[k], tgt.translation[t_i], tgt.sh[t_i], tgt.expression[t_i],
+                                  expr_out[k], tgt.landmarks_2d[t_i], timer, stills)
+            else:
+                result = frame
+                fl.append("unchanged")
+            flags.append(fl)
+            band = re.last_band if "unchanged" not in fl else None
+            if band is not None and prev is not None:
+                r0, c0, bm = band
+                h, w = bm.shape
+                sl = (slice(r0, r0 + h), slice(c0, c0 + w))
+                bmn = bm.numpy()
+                if bmn.any():
+                    seam_out.append(np.abs(result[sl].astype(np.float32) - prev[0][sl]).mean(-1)[bmn].mean())
+                    seam_tgt.append(np.abs(frame[sl].astype(np.float32) - prev[1][sl]).mean(-1)[bmn].mean())
+            prev = (result.astype(np.float32), frame.astype(np.float32))
+            t = time.perf_counter()
+            writer.write(result)
+            if side is not None:
+                panels = [_label(_panel(sframe, cfg.side_height), "source"),
+                          _label(_panel(frame, cfg.side_height), "target"),
+                          _label(_panel(result, cfg.side_height), "result")]
+                side.write(np.concatenate(panels, 1))
+            timer["encode"] += time.perf_counter() - t
+            if stills:
+                for name, img in stills.items():
+                    arr = (img.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+                    still_paths.append(write_image(stills_dir / f"frame{k:05d}_{name}.png", arr))
+                still_paths.append(write_image(stills_dir / f"frame{k:05d}_result.png", result))
+            if bar is not None:
+                bar.update(1)
+                el = time.perf_counter() - t_loop
+                bar.set_postfix(fps=f"{(k + 1) / el:.1f}")
+        writer.close()
+        if side is not None:
+            side.close()
+    except BaseException:
+        writer.abort()
+        if side is not None:
+            side.abort()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    loop_s = time.perf_counter() - t_loop
+    per_frame = {k: v / max(N, 1) * 1e3 for k, v in timer.items() if k in ("decode", "transfer", "render",
+                                                                          "composite", "encode")}
+    summary = {
+        "frames": N, "fps_output": fps, "source": str(src_video), "target": str(tgt_video),
+        "source_frames": n_src, "target_frames": n_tgt, "reenactment_fps": N / loop_s if loop_s > 0 else None,
+        "timings_s": timer, "per_frame_ms": per_frame, "config": asdict(cfg),
+        "tracking_fps": {"source": n_src / timer["track_source"] if timer["track_source"] > 1e-3 else None,
+                         "target": n_tgt / timer["track_target"] if timer["track_target"] > 1e-3 else None},
+        "mouth": "retrieval" if re.mouth_db is not None else "model",
+        "seam_stability": {
+            "output_band_mad": float(np.mean(seam_out)) if seam_out else None,
+            "target_band_mad": float(np.mean(seam_tgt)) if seam_tgt else None,
+            "ratio": float(np.mean(seam_out) / max(np.mean(seam_tgt), 1e-6)) if seam_out else None,
+            "note": "mean absolute frame-to-frame difference (0-255) in an ~8 px band around the blend border, in "
+                    "the output and in the target video itself over the same band"},
+        "flags": {"source_no_face": int(sum("source_no_face" in f for f in flags)),
+                  "target_no_face": int(sum("target_no_face" in f for f in flags))},
+    }
+    with atomic_write(out / "summary.json") as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=1, default=str))
+    return Face2FaceResult(out_dir=out, result_path=out / "result.mp4",
+                           side_by_side_path=out / "side_by_side.mp4" if side is not None else None,
+                           source_track=src_dir, target_track=tgt_dir, stills=still_paths, frames=N,
+                           source_index=si, target_index=ti, flags=flags, timings=timer,
+                           fps=N / loop_s if loop_s > 0 else float("nan"), summary=summary)
