@@ -289,13 +289,14 @@ class _Reenactor:
         self.prev_match = None
 
     def build_mouth_database(self, tgt, frames: "_FrameSource"):
-        from .mouth import MouthDatabase
+        from .mouth import MouthConfig, MouthDatabase
 
         ok = np.asarray(tgt.face_found, dtype=bool)
         idx = np.nonzero(ok)[0]
         if self.cfg.mouth != "retrieval" or idx.size < self.cfg.mouth_min_frames:
             return None
-        db = MouthDatabase(expression_names=list(tgt.expression_names))
+        # always use the best entry (max_cost = inf): a stretched target mouth looks better than the model's
+        db = MouthDatabase(MouthConfig(max_cost=float("inf")), expression_names=list(tgt.expression_names))
         for i in idx:
             db.add(frames.get(int(i)), tgt.landmarks_2d[i], tgt.expression[i], frame_id=int(i))
         self.mouth_db = db
@@ -351,6 +352,7 @@ class _Reenactor:
         frag_trk = rasterize(scr_trk, self.faces[:self.n_face], (S, S), settings)
         n_cam = self.normals @ (R[0] * torch.tensor([[1.0], [-1.0], [-1.0]])).T
         vcol = self.albedo * sh_irradiance(n_cam[None], torch.as_tensor(sh, dtype=torch.float32).reshape(1, 9, 3))[0]
+        vcol = vcol / math.pi  # Lambertian: albedo * E / pi
         fallback = interpolate(vcol, frag_out)[0].clamp(0, 1)
         mask = frag_out.triangle_id[0] >= 0
         timer["render"] += time.perf_counter() - t1
@@ -407,8 +409,9 @@ class _Reenactor:
         # alpha: the eroded mask, feathered (a 5-px box blur in the crop)
         from .blend import erode_mask
 
-        a = erode_mask(mask[None], max(1, self.cfg.erode))[0].float()
-        a = F.avg_pool2d(a[None, None], 5, stride=1, padding=2, count_include_pad=False)
+        a = erode_mask(mask[None], max(1, self.cfg.erode))[0].float()[None, None]
+        k = torch.full((1, 1, 1, 5), 0.2)  # separable 5-px box feather (avg_pool2d with stride 1 is slow on CPU)
+        a = F.conv2d(F.conv2d(F.pad(a, (2, 2, 2, 2)), k), k.transpose(-1, -2))
         src = torch.cat([crop.permute(2, 0, 1), a[0]], 0)[None]
         res = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
         rgb, alpha = res[:3].permute(1, 2, 0), res[3][..., None]
