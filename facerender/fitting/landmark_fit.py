@@ -48,6 +48,7 @@ class LandmarkFitConfig:
         fit_identity, fit_expression, fit_focal: which sets are free.
         focal: focal length in pixels (None: ``focal_factor * max(H, W)``).
         rigid_iterations, max_iterations, rtol: solver budget per solve and the relative-decrease stopping rule.
+        bound_rounds: active-set rounds per LM step for the [0, 1] expression bounds (see the solver).
         contour_rounds: solves per stage; the jawline correspondences are re-chosen between solves (stops early
             when they no longer change).
     """
@@ -67,6 +68,7 @@ class LandmarkFitConfig:
     max_iterations: int = 8
     contour_rounds: int = 1
     rtol: float = 1e-3
+    bound_rounds: int = 4
 
 
 @dataclass
@@ -247,7 +249,7 @@ def fit_landmarks(
                 LeastSquaresProblem(normal_equations=problem.normal_equations, lower=lo,
                                     upper=hi),
                 x0, GaussNewtonConfig(max_iterations=iterations, rtol=cfg.rtol, linear_solver="cholesky",
-                                      check_rank=False), damping=damping)
+                                      check_rank=False, bound_rounds=cfg.bound_rounds), damping=damping)
             damping = res.damping
             values = {**values, **layout.split(res.params)}
             histories.append(res.energy_history)

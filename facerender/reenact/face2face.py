@@ -240,13 +240,18 @@ class _Reenactor:
     """Per-frame rendering and compositing for one target (precomputed model, mouth database, camera)."""
 
     def __init__(self, model: LinearFaceModel, tgt, cfg: Face2FaceConfig, target_frames: "_FrameSource"):
+        ok = int(np.asarray(tgt.face_found, dtype=bool).sum())
+        self.use_retrieval = cfg.mouth == "retrieval" and ok >= cfg.mouth_min_frames
         from ..render.conditioning import region_albedo
         from ..tracking.tracker import model_with_identity
 
         self.cfg = cfg
         dt = torch.float32
         self.id_model = model_with_identity(model.to(dt), torch.as_tensor(tgt.identity, dtype=dt))
-        regions = [r for r in RENDER_REGIONS if r in self.id_model.regions]
+        # with mouth retrieval the target's own mouth fills the opening: the mouth socket alone marks it (the teeth
+        # and tongue meshes, 15k triangles, would double the rasterization cost for pixels that are replaced)
+        wanted = ("face", "mouth_socket") if self.use_retrieval else RENDER_REGIONS
+        regions = [r for r in wanted if r in self.id_model.regions]
         reg = self.id_model.regions[regions[0]]
         for r in regions[1:]:
             reg = reg.union(self.id_model.regions[r])
@@ -291,9 +296,8 @@ class _Reenactor:
     def build_mouth_database(self, tgt, frames: "_FrameSource"):
         from .mouth import MouthConfig, MouthDatabase
 
-        ok = np.asarray(tgt.face_found, dtype=bool)
-        idx = np.nonzero(ok)[0]
-        if self.cfg.mouth != "retrieval" or idx.size < self.cfg.mouth_min_frames:
+        idx = np.nonzero(np.asarray(tgt.face_found, dtype=bool))[0]
+        if not self.use_retrieval:
             return None
         # always use the best entry (max_cost = inf): a stretched target mouth looks better than the model's
         db = MouthDatabase(MouthConfig(max_cost=float("inf")), expression_names=list(tgt.expression_names))
