@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.signal import savgol_filter
 
 from conftest import IN_CI
 from facerender.errors import NoFaceError, VideoError
@@ -56,15 +57,18 @@ class FrameResult:
     energy: float
     flags: list = field(default_factory=list)
     solve_ms: float = 0.0
+    model_landmarks_2d: np.ndarray = None
 
 
 class StubTracker:
     """The interface of facerender.tracking.tracker.FaceTracker without a solver (deterministic and fast): the
-    translation follows the landmarks' centroid, the projected landmarks are an exponential average of the detected
-    ones, the gaze weights go into the expression, frames without a face are bridged (the last values carried)."""
+    translation follows the landmarks' centroid, the projected landmarks are an exponential average of the given
+    ones (the fixed-vertex ones the same, moved by one pixel to the right), the gaze weights go into the expression,
+    frames without a face are bridged (the last values carried). ``events`` (when a list) records the calls."""
 
     nan_frames: set = set()
     instances: list = []
+    events = None
 
     def __init__(self, model, config, image_size, fps):
         self.names = list(model.expression_names)
@@ -84,6 +88,8 @@ class StubTracker:
             assert f.shape == (self.H, self.W, 3) and f.dtype == np.uint8
             assert p.shape == (68, 2) and c.shape == (68,)
         self.bundled = len(frames)
+        if StubTracker.events is not None:
+            StubTracker.events.append(("bundle", None))
         self.video_params = {"identity": np.linspace(-0.5, 0.5, 100).astype(np.float32), "albedo": None,
                              "focal": self.focal, "principal_point": self.pp.copy(),
                              "image_size": (self.H, self.W)}
@@ -92,10 +98,13 @@ class StubTracker:
     def _result(self, v, flags, energy):
         return FrameResult(rotation=v["rotation"].copy(), translation=v["translation"].copy(),
                            expression=v["expression"].copy(), sh=v["sh"].copy(),
-                           landmarks_2d=v["landmarks_2d"].copy(), energy=energy, flags=flags, solve_ms=0.1)
+                           landmarks_2d=v["landmarks_2d"].copy(), energy=energy, flags=flags, solve_ms=0.1,
+                           model_landmarks_2d=v["landmarks_2d"] + np.float32([1.0, 0.0]))
 
     def track_frame(self, frame, landmarks, confidence, gaze):
         self.n += 1
+        if StubTracker.events is not None:
+            StubTracker.events.append(("solve", None if landmarks is None else np.array(landmarks)))
         if frame is None or landmarks is None:
             if self.last is None:
                 v = {"rotation": np.zeros(3, np.float32), "translation": np.array([0, 0, 60], np.float32),
@@ -189,8 +198,8 @@ def gap_video(tmp_path_factory, lenna):
 
 
 def per_frame_equal(a, b, keys=("index", "time", "rotation", "translation", "expression", "sh", "gaze", "blink",
-                                 "eyes_closed", "iris", "landmarks", "landmark_confidence", "landmarks_2d",
-                                 "face_found", "status", "flags", "energy")):
+                                 "eyes_closed", "iris", "landmarks", "landmarks_smoothed", "landmark_confidence",
+                                 "landmarks_2d", "model_landmarks_2d", "face_found", "status", "flags", "energy")):
     for k in keys:
         x, y = getattr(a, k), getattr(b, k)
         assert x.shape == y.shape, k
@@ -198,6 +207,35 @@ def per_frame_equal(a, b, keys=("index", "time", "rotation", "translation", "exp
             np.testing.assert_array_equal(x, y, err_msg=k)
         else:
             assert (x == y).all(), k
+
+
+def segments(tr):
+    """``[(a, b)]``: runs of frames with a face, split where the landmark tracker detected the face afresh (the
+    landmark smoother restarts there as after a gap)."""
+    segs, a = [], None
+    for i in range(len(tr)):
+        if not tr.face_found[i] or tr.status[i] == "detected":
+            if a is not None:
+                segs.append((a, i))
+            a = i if tr.face_found[i] else None
+    if a is not None:
+        segs.append((a, len(tr)))
+    return segs
+
+
+def solved_runs(tr, key):
+    """Runs of consecutive frames counted by the jitter of the summary (face found, solved, no loss / re-detection)."""
+    bad = {"bridged", "reinitialised", "redetected", "nan_replaced"}
+    ok = [bool(tr.face_found[i]) and not (bad & set(str(f).split(","))) and "lost:" not in str(f)
+          for i, f in enumerate(tr.flags)]
+    runs, a = [], None
+    for i, o in enumerate(ok + [False]):
+        if o and a is None:
+            a = i
+        elif not o and a is not None:
+            runs.append(getattr(tr, key)[a:i])
+            a = None
+    return runs
 
 
 def assert_finite_params(tr):
@@ -272,6 +310,18 @@ def test_faceless_stretch_and_reentry(tmp_path, gap_video, ict_model):
     np.testing.assert_array_equal(tr.translation[7:15], np.repeat(tr.translation[6:7], 8, 0))
     assert np.isnan(tr.landmarks[~expect]).all() and np.isfinite(tr.landmarks[expect]).all()
     assert np.isnan(tr.energy[~expect]).all()
+    # the solver got the detected landmarks smoothed (Savitzky-Golay, window 5, order 2) per run of frames with a
+    # face; the raw ones are stored too
+    assert (TrackConfig().smoothing_window, TrackConfig().smoothing_order) == (5, 2)
+    assert np.isnan(tr.landmarks_smoothed[~expect]).all()
+    assert segments(tr) == [(0, 7), (15, 22)]
+    for a, b in segments(tr):
+        offline = savgol_filter(tr.landmarks[a:b].astype(np.float64), 5, 2, axis=0, mode="interp")
+        np.testing.assert_allclose(tr.landmarks_smoothed[a + 2:b], offline[2:], rtol=0, atol=1e-3)
+        np.testing.assert_allclose(tr.landmarks_smoothed[a], tr.landmarks[a], rtol=0, atol=1e-4)  # 3 points, order 2
+    assert np.abs(tr.landmarks_smoothed - tr.landmarks)[expect].max() > 0.05
+    # the fixed-vertex model landmarks (the stub's: its fitted ones moved by 1 px)
+    np.testing.assert_allclose(tr.model_landmarks_2d[expect], tr.landmarks_2d[expect] + [1, 0], atol=1e-5)
     # per-video values
     assert tr.image_size == (192, 256) and tr.fps == pytest.approx(25.0)
     assert tr.focal == pytest.approx(1.2 * 256) and tr.principal_point.tolist() == [128.0, 96.0]
@@ -290,6 +340,15 @@ def test_faceless_stretch_and_reentry(tmp_path, gap_video, ict_model):
     for k in ("keyframes", "bundle", "decode", "landmarks", "eyes", "solve", "overlay_render", "overlay_encode"):
         assert summary["timings_s"][k] >= 0, k
     assert summary["tracking_fps"] > 0 and summary["jitter"]["triples"] > 0
+    j = summary["jitter"]
+    for name, key in (("detector", "landmarks"), ("smoothed", "landmarks_smoothed"), ("model", "model_landmarks_2d"),
+                      ("model_sliding", "landmarks_2d")):
+        assert j[f"{name}_px"] == pytest.approx(landmark_jitter(solved_runs(tr, key))[0], rel=1e-4), name
+    assert j["ratio"] == j["model_ratio"] == pytest.approx(j["model_px"] / j["detector_px"])
+    assert j["smoothed_px"] < j["detector_px"] and j["smoothed_ratio"] < 1
+    d = summary["landmark_distance"]
+    assert d["frames"] == 13 and 0 < d["smoothed_px"] < d["model_px"]  # frame 15 (re-detected) does not count
+    assert summary["smoothing"] == {"window": 5, "order": 2, "delay_frames": 2}
     # the overlay: same frames and times, labelled where no face
     r = VideoReader(out / "overlay.mp4")
     assert r.size == (192, 256) and r.frame_count == 22 and r.fps == pytest.approx(25.0)
@@ -358,34 +417,95 @@ def test_max_frames_and_nan_guard(tmp_path, gap_video, ict_model, monkeypatch):
     assert all(k < 6 for k in tr.keyframes)
 
 
+@pytest.mark.parametrize("window", [1, 5])
+def test_solver_gets_the_smoothed_points_a_fixed_delay_later(tmp_path, gap_video, ict_model, monkeypatch, window):
+    """Window 5: frame i is solved once frame i + 2 is read, on the smoothed points; window 1 is the pipeline without
+    smoothing (each frame solved right after it is read, on the detected points)."""
+    from facerender.tracking import facebox
+
+    events = []
+    monkeypatch.setattr(StubTracker, "events", events)
+    update = facebox.LandmarkTracker.update
+
+    def spy(self, image):
+        obs = update(self, image)
+        events.append(("observe", np.array(obs.landmarks.points) if obs.found else None))
+        return obs
+
+    monkeypatch.setattr(facebox.LandmarkTracker, "update", spy)
+    cfg = TrackConfig(smoothing_window=window, smoothing_order=2)
+    res = track_video(gap_video, tmp_path / "out", ict_model, cfg, tracker_factory=stub, progress=False,
+                      overlay=False, max_frames=10)
+    tr = load_track(res.out_dir)
+    main = events[[k for k, _ in events].index("bundle") + 1:]
+    order = "".join(k[0].upper() for k, _ in main)
+    observed = [p for k, p in main if k == "observe"]
+    solved = [p for k, p in main if k == "solve"]
+    assert len(observed) == len(solved) == 10
+    assert all((p is None) == (not f) for p, f in zip(solved, tr.face_found))
+    if window == 1:
+        assert order == "OS" * 10
+        for o, p in zip(observed, solved):
+            assert (o is None and p is None) or np.array_equal(o, p)  # the detected points, unchanged
+        np.testing.assert_array_equal(tr.landmarks_smoothed, tr.landmarks)
+        assert res.summary["jitter"]["smoothed_px"] == res.summary["jitter"]["detector_px"]
+        # a params.npz written before the smoothing existed loads with the raw / sliding points in the new keys
+        with np.load(res.params_path) as z:
+            old = {k: z[k] for k in z.files if k not in ("landmarks_smoothed", "model_landmarks_2d")}
+        np.savez(tmp_path / "params.npz", **old)
+        tr_old = load_track(tmp_path)
+        np.testing.assert_array_equal(tr_old.landmarks_smoothed, tr.landmarks)
+        np.testing.assert_array_equal(tr_old.model_landmarks_2d, tr.landmarks_2d)
+    else:
+        assert order == "OO" + "OS" * 8 + "SS"
+        face = tr.face_found
+        np.testing.assert_array_equal(tr.landmarks_smoothed[face], np.stack([p for p in solved if p is not None])
+                                      .astype(np.float32))
+        assert not np.array_equal(tr.landmarks_smoothed[face], tr.landmarks[face])
+
+
 # ---------------------------------------------------------------------------------------------------------- resume
 class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("exc", [Interrupt, KeyboardInterrupt])
-def test_resume_after_interruption_gives_the_same_params(tmp_path, gap_video, ict_model, exc):
-    cfg = TrackConfig(chunk_size=5)
+@pytest.mark.parametrize("exc,stop", [(Interrupt, 16), (KeyboardInterrupt, 20)])
+def test_resume_after_interruption_gives_the_same_params(tmp_path, gap_video, ict_model, exc, stop):
+    """Smoothing on (window 5: the solver runs 2 frames behind the decoder): interrupted inside a run of frames with
+    a face (frames 17 and 18 read, not solved yet) and while the end of the stream is flushed (frame 21 pending)."""
+    from facerender.tracking.video import _Store
+
+    cfg = TrackConfig(chunk_size=5, smoothing_window=5, smoothing_order=2)
     full = load_track(track_video(gap_video, tmp_path / "full", ict_model, cfg, tracker_factory=stub,
                                   progress=False, overlay=False).out_dir)
 
-    def stop_at_12(i, res):
-        if i == 12:
+    def stop_at(i, res):
+        if i == stop:
             raise exc("stop")
 
     out = tmp_path / "part"
     with pytest.raises(exc):
-        track_video(gap_video, out, ict_model, cfg, tracker_factory=stub, progress=False, callback=stop_at_12)
+        track_video(gap_video, out, ict_model, cfg, tracker_factory=stub, progress=False, callback=stop_at)
     state = out / STATE_DIR
     manifest = json.loads((state / "manifest.json").read_text())
-    assert manifest["frames_done"] == 13 and not manifest["complete"]  # frames 0..12 finished
-    assert [c["stop"] for c in manifest["chunks"]] == [5, 10, 13]
+    assert manifest["frames_done"] == stop + 1 and not manifest["complete"]  # frames 0..stop finished
+    stops = list(range(5, stop + 1, 5)) + ([stop + 1] if (stop + 1) % 5 else [])
+    assert [c["stop"] for c in manifest["chunks"]] == stops
     assert sorted(p.name for p in out.iterdir()) == [STATE_DIR]  # no half-written output
-    assert sorted(p.name for p in state.glob("state_*.npz")) == ["state_000002.npz"]
+    k = len(stops) - 1
+    assert sorted(p.name for p in state.glob("state_*.npz")) == [f"state_{k:06d}.npz"]
+    # the snapshot: consumer and producer positions, the smoother's pending frames (images included) and history
+    snap = _Store(out).read_state(k)
+    pending = [p[0]["index"] for p in snap["smoother"]["pending"]]
+    assert snap["consumed"] == stop + 1 and snap["observed"] == min(stop + 3, 22)
+    assert pending == list(range(stop + 1, min(stop + 3, 22)))
+    assert all(p[0]["image"].shape == (192, 256, 3) and p[0]["image"].dtype == np.uint8
+               for p in snap["smoother"]["pending"])
+    assert len(snap["smoother"]["history"]) == min(stop - 14, 4)  # the face's run restarted at frame 15
     seen = []
     res = track_video(gap_video, out, ict_model, cfg, tracker_factory=stub, progress=False,
                       callback=lambda i, r: seen.append(i))
-    assert res.resumed_from == 13 and seen == list(range(13, 22))
+    assert res.resumed_from == stop + 1 and seen == list(range(stop + 1, 22))
     assert not state.exists()
     part = load_track(out)
     per_frame_equal(full, part)
@@ -550,4 +670,7 @@ def test_real_tracker_on_a_real_clip(tmp_path, video_dir, ict_model):
     assert err < 6.0, err
     j = res.summary["jitter"]
     assert j["triples"] >= 10 and np.isfinite(j["model_px"]) and np.isfinite(j["detector_px"])
+    # smoothing on (default): the solver's input and the fixed-vertex model landmarks jitter less than the detector
+    assert j["smoothed_px"] < j["detector_px"] and j["model_px"] < j["detector_px"]
+    assert np.isfinite(tr.model_landmarks_2d).all() and not np.array_equal(tr.model_landmarks_2d, tr.landmarks_2d)
     assert VideoReader(res.overlay_path).frame_count == 20

@@ -14,12 +14,15 @@ so memory does not grow with the video's length):
    identity, albedo and the camera from them jointly (Face2Face's model-based bundling). The open-eye EAR of the
    video comes from the candidates too (:func:`~facerender.tracking.eyes.estimate_open_ear`).
 2. **Main pass.** Per frame: landmarks (:class:`~facerender.tracking.facebox.LandmarkTracker`: predictor in a box
-   following the face, HOG only on loss), gaze and blink (:class:`~facerender.tracking.eyes.EyeTracker`, with the
-   previous frame's head rotation), then :meth:`FaceTracker.track_frame` (pose, expression, lighting, warm-started,
-   temporal term; frames without a face are bridged by the solver and flagged). Results go to an append-only chunk
-   store in ``DIR/.track/`` every ``chunk_size`` frames, with the three trackers' states; on an exception
-   (including Ctrl-C) the frames finished so far are written as a last chunk, so a later call resumes from the last
-   written frame and gives the same parameters as an uninterrupted run.
+   following the face, HOG only on loss), smoothed over time by a fixed-delay Savitzky-Golay filter
+   (:class:`~facerender.tracking.smoothing.StreamingSavitzkyGolay`, ``smoothing_window`` 5: frame ``i`` goes on
+   when frame ``i + 2`` has been read; gaps and fresh detections break the window), then gaze and blink
+   (:class:`~facerender.tracking.eyes.EyeTracker`, on the detected points, with the previous frame's head rotation)
+   and :meth:`FaceTracker.track_frame` on the smoothed points (pose, expression, lighting, warm-started, temporal
+   term; frames without a face are bridged by the solver and flagged). Results go to an append-only chunk store in
+   ``DIR/.track/`` every ``chunk_size`` frames, with the trackers' and the smoother's states (its pending frames
+   included); on an exception (including Ctrl-C) the frames finished so far are written as a last chunk, so a later
+   call resumes from the last written frame and gives the same parameters as an uninterrupted run.
 3. **Outputs.** ``params.npz`` (assembled key by key from the chunks), ``overlay.mp4`` (a third pass: each frame
    with the tracked face rendered over it and the landmarks drawn; the overlay is always rendered from the stored
    parameters, so an interrupted run needs no overlay state), ``energy_fps.png`` and ``summary.json``. Every file
@@ -56,6 +59,7 @@ from ..io.video import VideoReader, VideoWriter
 from .eyes import (BLINK_NAMES, GAZE_NAMES, EyeConfig, EyeTracker, GazeCalibration, ICT_GAZE_CALIBRATION,
                    eye_aspect_ratio, estimate_open_ear)
 from .facebox import FaceObservation, LandmarkTracker, LandmarkTrackerConfig, face_frame
+from .smoothing import StreamingSavitzkyGolay
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +70,9 @@ __all__ = ["TrackConfig", "TrackResult", "Track", "track_video", "load_track", "
 
 #: Name of the chunk store inside the output folder.
 STATE_DIR = ".track"
-#: Version of params.npz and of the chunk store.
-FORMAT_VERSION = 1
+#: Version of params.npz and of the chunk store (2: smoothed landmarks, fixed-vertex model landmarks, the smoother's
+#: state in the snapshots).
+FORMAT_VERSION = 2
 _MAX_AUDIO_BYTES = 64 * 1024 * 1024
 
 
@@ -88,6 +93,10 @@ class TrackConfig:
         overlay_alpha: opacity of the render in the overlay video.
         overlay_crf, overlay_preset: x264 settings of the overlay video.
         max_scan: frames scanned for a face when no sampled candidate shows one.
+        smoothing_window, smoothing_order: Savitzky-Golay smoothing of the detected landmarks before the solver
+            (:class:`~facerender.tracking.smoothing.StreamingSavitzkyGolay`): odd window in frames and polynomial
+            order; the solver sees frame ``i`` when frame ``i + smoothing_window // 2`` has been read. Window 1 turns
+            the smoothing off (the solver gets the detected points, frame by frame).
     """
 
     tracker: Any = None
@@ -101,6 +110,8 @@ class TrackConfig:
     overlay_crf: float = 20
     overlay_preset: str = "veryfast"
     max_scan: int = 600
+    smoothing_window: int = 5
+    smoothing_order: int = 2
 
     def __post_init__(self):
         if self.keyframe_candidates < 1 or self.keyframes < 1 or self.chunk_size < 1 or self.max_scan < 0:
@@ -108,6 +119,7 @@ class TrackConfig:
                              f"{self.keyframe_candidates}, {self.keyframes}, {self.chunk_size}, {self.max_scan}")
         if not 0 <= self.overlay_alpha <= 1:
             raise ValueError(f"overlay_alpha must lie in [0, 1], got {self.overlay_alpha}")
+        StreamingSavitzkyGolay(self.smoothing_window, self.smoothing_order)  # ValueError on bad settings
 
 
 def _jsonable(obj):
@@ -162,8 +174,12 @@ class Track:
     (model space), ``translation (N, 3)`` cm (camera space), ``expression (N, K)``, ``sh (N, 9, 3)``, ``gaze (N, 8)``
     (``gaze_names``, eyeLook* weights given to the solver), ``blink (N, 2)`` (EAR-based eyeBlink_L, eyeBlink_R),
     ``eyes_closed (N, 2)`` bool (left, right), ``iris (N, 2, 2)`` pixels (right, left eye; NaN when not found),
-    ``landmarks (N, 68, 2)`` the detected points used (NaN without a face), ``landmark_confidence (N, 68)``,
-    ``landmarks_2d (N, 68, 2)`` the model's projected landmarks, ``face_found (N,)`` bool, ``status (N,)``
+    ``landmarks (N, 68, 2)`` the detected points (raw, NaN without a face), ``landmarks_smoothed (N, 68, 2)`` the
+    smoothed points given to the solver (NaN without a face; equal to ``landmarks`` with smoothing off and in files
+    written before it existed), ``landmark_confidence (N, 68)``, ``landmarks_2d (N, 68, 2)`` the model's fitted
+    landmarks (the jaw points slide along the contour), ``model_landmarks_2d (N, 68, 2)`` the projection of the
+    model's fixed iBUG-68 vertices (a copy of ``landmarks_2d`` in files written before it existed, or when the
+    solver gives none), ``face_found (N,)`` bool, ``status (N,)``
     (``detected`` / ``tracked`` / ``no_face``), ``flags (N,)`` comma-separated strings (also ``flag_bits`` over
     ``flag_names``), ``energy (N,)`` (NaN where no solve ran), ``solve_ms (N,)``, ``frame_ms (N,)``.
 
@@ -182,8 +198,10 @@ class Track:
     eyes_closed: np.ndarray
     iris: np.ndarray
     landmarks: np.ndarray
+    landmarks_smoothed: np.ndarray
     landmark_confidence: np.ndarray
     landmarks_2d: np.ndarray
+    model_landmarks_2d: np.ndarray
     face_found: np.ndarray
     status: np.ndarray
     flags: np.ndarray
@@ -226,9 +244,9 @@ class Track:
 
 
 _PER_FRAME_KEYS = ("index", "time", "rotation", "translation", "expression", "sh", "gaze", "blink", "eyes_closed",
-                   "iris", "iris_confidence", "ear", "landmarks", "landmark_confidence", "landmarks_2d", "box",
-                   "face_found", "status", "flags", "energy", "solve_ms", "frame_ms", "decode_ms", "landmarks_ms",
-                   "eyes_ms")
+                   "iris", "iris_confidence", "ear", "landmarks", "landmarks_smoothed", "landmark_confidence",
+                   "landmarks_2d", "model_landmarks_2d", "box", "face_found", "status", "flags", "energy", "solve_ms",
+                   "frame_ms", "decode_ms", "landmarks_ms", "eyes_ms")
 
 
 def load_track(path: PathLike) -> Track:
@@ -259,8 +277,11 @@ def load_track(path: PathLike) -> Track:
     return Track(
         index=d["index"], time=d["time"], rotation=d["rotation"], translation=d["translation"],
         expression=d["expression"], sh=d["sh"], gaze=d["gaze"], blink=d["blink"], eyes_closed=d["eyes_closed"],
-        iris=d["iris"], landmarks=d["landmarks"], landmark_confidence=d["landmark_confidence"],
-        landmarks_2d=d["landmarks_2d"], face_found=d["face_found"], status=d["status"], flags=d["flags"],
+        iris=d["iris"], landmarks=d["landmarks"],
+        landmarks_smoothed=d["landmarks_smoothed"] if "landmarks_smoothed" in d else d["landmarks"].copy(),
+        landmark_confidence=d["landmark_confidence"], landmarks_2d=d["landmarks_2d"],
+        model_landmarks_2d=d["model_landmarks_2d"] if "model_landmarks_2d" in d else d["landmarks_2d"].copy(),
+        face_found=d["face_found"], status=d["status"], flags=d["flags"],
         flag_bits=d["flag_bits"], flag_names=tuple(str(s) for s in d["flag_names"]), energy=d["energy"],
         solve_ms=d["solve_ms"], frame_ms=d["frame_ms"], identity=d["identity"], albedo=albedo,
         focal=float(d["focal"]), principal_point=d["principal_point"],
@@ -459,51 +480,84 @@ def _frames(reader: VideoReader, start: int = 0, stop: Optional[int] = None,
             yield fr
 
 
+def _second_difference_sq(s: np.ndarray) -> Tuple[float, int]:
+    """Sum of the squared lengths of ``p[t+1] - 2 p[t] + p[t-1]`` over a run ``(T, L, 2)`` and the number of terms."""
+    s = np.asarray(s, dtype=np.float64)
+    if s.shape[0] < 3:
+        return 0.0, 0
+    d2 = s[2:] - 2 * s[1:-1] + s[:-2]
+    return float((d2 ** 2).sum(-1).sum()), int(d2.shape[0] * d2.shape[1])
+
+
 def landmark_jitter(sequences: Sequence[np.ndarray]) -> Tuple[float, int]:
     """RMS of the second temporal difference ``p[t+1] - 2 p[t] + p[t-1]`` (pixels, over points and coordinates
     together, i.e. the RMS length of the 2-D vector) over runs of consecutive frames ``(T, L, 2)``; returns
-    ``(rms, number of triples)``."""
+    ``(rms, number of terms)`` (one term per point and triple of frames)."""
     total, n = 0.0, 0
     for s in sequences:
-        s = np.asarray(s, dtype=np.float64)
-        if s.shape[0] < 3:
-            continue
-        d2 = s[2:] - 2 * s[1:-1] + s[:-2]
-        total += float((d2 ** 2).sum(-1).sum())
-        n += int(d2.shape[0] * d2.shape[1])
+        t, k = _second_difference_sq(s)
+        total += t
+        n += k
     return (math.sqrt(total / n) if n else float("nan")), n
 
 
+#: Point series of the jitter report: summary key -> per-frame key of the chunks / params.npz.
+_JITTER_SERIES = (("detector", "landmarks"), ("smoothed", "landmarks_smoothed"), ("model", "model_landmarks_2d"),
+                  ("model_sliding", "landmarks_2d"))
+
+
 class _JitterAccumulator:
-    """Streaming :func:`landmark_jitter` of the detector's points and the model's projected points over runs of
-    consecutive frames where both exist and the solver ran (no bridge, no re-detection)."""
+    """Streaming :func:`landmark_jitter` of the point series of ``_JITTER_SERIES`` (the detected points, the smoothed
+    points given to the solver, the model's fixed-vertex and sliding landmarks) over runs of consecutive frames where
+    the face was found and the solver ran (no bridge, no loss or re-detection, no replaced values); plus the mean
+    distance of the model's and the smoothed points from the detected ones over the same frames."""
 
     def __init__(self):
-        self.det = [0.0, 0]
-        self.mod = [0.0, 0]
+        self.acc = {name: [0.0, 0] for name, _ in _JITTER_SERIES}
+        self.dist = {name: 0.0 for name in ("model", "model_inner", "model_sliding", "smoothed")}
+        self.n_dist = 0
         self.iod: List[float] = []
-        self.prev: List[Tuple[np.ndarray, np.ndarray]] = []
+        self.prev: List[Dict[str, np.ndarray]] = []
 
-    def add(self, det: Optional[np.ndarray], mod: np.ndarray, ok: bool) -> None:
-        if not ok or det is None or not np.isfinite(det).all():
+    def add(self, frame: Dict[str, np.ndarray], ok: bool) -> None:
+        """``frame``: the per-frame arrays of one frame (keys of ``_JITTER_SERIES``); ``ok``: the frame counts."""
+        pts = {name: np.asarray(frame[key], np.float64) for name, key in _JITTER_SERIES}
+        if not ok or not all(np.isfinite(v).all() for v in pts.values()):
             self.prev = []
             return
-        self.prev = (self.prev + [(np.asarray(det, np.float64), np.asarray(mod, np.float64))])[-3:]
+        det = pts["detector"]
+        d = lambda name, sl=slice(None): float(np.linalg.norm(pts[name][sl] - det[sl], axis=-1).mean())  # noqa
+        self.dist["model"] += d("model")
+        self.dist["model_inner"] += d("model", slice(17, None))
+        self.dist["model_sliding"] += d("model_sliding")
+        self.dist["smoothed"] += d("smoothed")
+        self.n_dist += 1
+        self.prev = (self.prev + [pts])[-3:]
         if len(self.prev) == 3:
-            for k, acc in ((0, self.det), (1, self.mod)):
-                a, b, c = (p[k] for p in self.prev)
-                d2 = c - 2 * b + a
-                acc[0] += float((d2 ** 2).sum())
-                acc[1] += d2.shape[0]
+            for name, acc in self.acc.items():
+                t, k = _second_difference_sq(np.stack([p[name] for p in self.prev]))
+                acc[0] += t
+                acc[1] += k
             self.iod.append(float(np.linalg.norm(det[45] - det[36])))
 
-    def result(self) -> Dict[str, float]:
-        d = math.sqrt(self.det[0] / self.det[1]) if self.det[1] else float("nan")
-        m = math.sqrt(self.mod[0] / self.mod[1]) if self.mod[1] else float("nan")
-        iod = float(np.median(self.iod)) if self.iod else float("nan")
-        return {"detector_px": d, "model_px": m, "ratio": m / d if d > 0 else float("nan"),
-                "detector_iod": d / iod if iod > 0 else float("nan"), "model_iod": m / iod if iod > 0 else float("nan"),
-                "triples": len(self.iod)}
+    def result(self) -> Tuple[Dict[str, float], Dict[str, float]]:
+        """``(jitter, distance)``: RMS second difference per series (px, ``_iod`` relative to the median eye-corner
+        distance, ``_ratio`` relative to the detector's) and mean distances to the detected points (px)."""
+        nan = float("nan")
+        iod = float(np.median(self.iod)) if self.iod else nan
+        rms = {name: math.sqrt(t / k) if k else nan for name, (t, k) in self.acc.items()}
+        det = rms["detector"]
+        jitter: Dict[str, float] = {}
+        for name, v in rms.items():
+            jitter[f"{name}_px"] = v
+            jitter[f"{name}_iod"] = v / iod if iod > 0 else nan
+            if name != "detector":
+                jitter[f"{name}_ratio"] = v / det if det > 0 else nan
+        jitter["ratio"] = jitter["model_ratio"]
+        jitter["triples"] = len(self.iod)
+        distance = {f"{k}_px": v / self.n_dist if self.n_dist else nan for k, v in self.dist.items()}
+        distance["frames"] = self.n_dist
+        return jitter, distance
 
 
 def _finite_or(value: np.ndarray, fallback: np.ndarray) -> Tuple[np.ndarray, bool]:
@@ -704,38 +758,49 @@ def _track(reader, video, out_dir, model, cfg, max_frames, overlay, resume, prog
     open_ear = vid["open_ear"] if np.isfinite(vid["open_ear"]).all() else None
     lt = LandmarkTracker(cfg.landmarks)
     et = EyeTracker(cfg.eyes, calib, open_ear)
+    smoother = StreamingSavitzkyGolay(cfg.smoothing_window, cfg.smoothing_order)
+    pos = {"consumed": start, "observed": start}
+    prev = None
     if state is not None:
         tracker.load_state_dict(state["tracker"])
         lt.load_state_dict(state["landmarks"])
         et.load_state_dict(state["eyes"])
+        smoother.load_state_dict(state["smoother"])
         prev = state["prev"]
-    else:
-        prev = None
+        pos["observed"] = int(state["observed"])
     if not manifest.get("complete"):
-        _main_pass(reader, store, manifest, tracker, lt, et, model, cfg, start, max_frames, progress, callback,
-                   timer, prev)
+        _main_pass(reader, store, manifest, tracker, lt, et, smoother, model, cfg, pos, max_frames, progress,
+                   callback, timer, prev)
     timer["track_wall"] = timer.get("track_wall", 0.0)
     return _finish(reader, video, out_dir, store, manifest, model, vid, cfg, overlay, progress, timer, start,
                    t_start, fps)
 
 
-def _main_pass(reader, store: _Store, manifest, tracker, lt, et, model, cfg: TrackConfig, start, max_frames,
-               progress, callback, timer, prev):
+def _main_pass(reader, store: _Store, manifest, tracker, lt, et, smoother: StreamingSavitzkyGolay, model,
+               cfg: TrackConfig, pos: Dict[str, int], max_frames, progress, callback, timer, prev):
+    """The tracking pass, a producer and a consumer with the landmark smoother between them.
+
+    Producer, per decoded frame: :meth:`LandmarkTracker.update`; the frame, its detected points and their
+    details go into the smoother. Consumer, per frame the smoother hands on (``smoother.delay`` frames later, with
+    the smoothed points): :meth:`EyeTracker.update` (on the detected points, with the previous frame's solved head
+    rotation), :meth:`FaceTracker.track_frame` on the smoothed points, storing. ``pos``: ``consumed`` (frames
+    stored; the first frame handed on next) and ``observed`` (frames read; the next frame to decode). After each
+    consumed frame the states are snapshot: the solver, the landmark tracker (at the producer position), the eye
+    tracker, the smoother with its pending frames (images included: at most ``delay`` of them) and both positions.
+    """
     K = int(getattr(model, "num_expression", 0))
+    start = pos["consumed"]
     total = reader.frame_count if max_frames is None else min(reader.frame_count or max_frames, max_frames)
     bar = _progress(total, start, progress, "tracking")
     buf: Dict[str, list] = {k: [] for k in _PER_FRAME_KEYS}
-    snapshot = None
-    chunk_start = start
     t_wall = time.perf_counter()
-    frames_done = start
     dec: Dict[str, float] = {}
-    last_gaze = (np.asarray(prev["gaze"], np.float32) if prev is not None and "gaze" in prev
-                 else np.zeros(len(GAZE_NAMES), np.float32))
-    snap_done = start
+    cur = {"snapshot": None, "snap_done": start, "chunk_start": start, "prev": prev,
+           "last_gaze": (np.asarray(prev["gaze"], np.float32) if prev is not None and "gaze" in prev
+                         else np.zeros(len(GAZE_NAMES), np.float32))}
 
     def flush(final_state, keep: Optional[int] = None):
-        nonlocal chunk_start, buf
+        nonlocal buf
         if keep is not None:
             buf = {key: v[:keep] for key, v in buf.items()}
         n = len(buf["index"])
@@ -744,128 +809,159 @@ def _main_pass(reader, store: _Store, manifest, tracker, lt, et, model, cfg: Tra
         t0 = time.perf_counter()
         arrays = {k: np.stack(v) if k not in ("status", "flags") else np.array(v, dtype=str) for k, v in buf.items()}
         k = len(manifest["chunks"])
+        c0 = cur["chunk_start"]
         store.write_chunk(k, arrays, final_state)
-        manifest["chunks"].append({"file": store.chunk_path(k).name, "start": chunk_start,
-                                   "stop": chunk_start + n})
-        manifest["frames_done"] = chunk_start + n
+        manifest["chunks"].append({"file": store.chunk_path(k).name, "start": c0, "stop": c0 + n})
+        manifest["frames_done"] = c0 + n
         manifest["timings"] = {k2: v for k2, v in timer.items() if isinstance(v, (int, float))}
         store.write_manifest(manifest)
         if k > 0:
             store.drop_state(k - 1)
-        chunk_start += n
+        cur["chunk_start"] = c0 + n
         buf = {key: [] for key in _PER_FRAME_KEYS}
         timer["write"] = timer.get("write", 0.0) + time.perf_counter() - t0
 
+    def consume(item: Dict[str, Any], smoothed: Optional[np.ndarray]) -> None:
+        """Eyes, solve and store one frame handed on by the smoother."""
+        t_c0 = time.perf_counter()
+        prev = cur["prev"]
+        img, face = item["image"], bool(item["found"])
+        pts, conf = item["points"], item["confidence"]
+        t0 = time.perf_counter()
+        eyes = None
+        if face:
+            head = None if prev is None else prev["rotation"]
+            eyes = et.update(img, pts, head)
+        t_eyes = time.perf_counter() - t0
+        gaze = None
+        if eyes is not None:
+            gaze = dict(eyes.gaze)
+            if cfg.fix_blink:
+                gaze.update({k: eyes.weights[k] for k in BLINK_NAMES})
+        t0 = time.perf_counter()
+        res = tracker.track_frame(img if face else None, smoothed if face else None, conf, gaze)
+        t_solve = time.perf_counter() - t0
+        flags = list(item["flags"]) + list(getattr(res, "flags", []))
+        if eyes is not None:
+            flags += list(eyes.flags)
+        # never NaN parameters: fall back on the previous frame's
+        fb = dict(prev) if prev is not None else {
+            "rotation": np.zeros(3, np.float32), "translation": np.array([0, 0, 60], np.float32),
+            "expression": np.zeros(K, np.float32), "sh": np.zeros((9, 3), np.float32),
+            "landmarks_2d": np.zeros((68, 2), np.float32)}
+        fb.setdefault("model_landmarks_2d", fb["landmarks_2d"])
+        fixed = getattr(res, "model_landmarks_2d", None)
+        vals = {}
+        bad = False
+        for key in ("rotation", "translation", "expression", "sh", "landmarks_2d", "model_landmarks_2d"):
+            want_shape = np.shape(fb[key])
+            src = getattr(res, key) if key != "model_landmarks_2d" else (fixed if fixed is not None
+                                                                          else res.landmarks_2d)
+            v = np.asarray(src, dtype=np.float32).reshape(want_shape)
+            vals[key], b = _finite_or(v, fb[key])
+            bad |= b
+        if bad:
+            flags.append("nan_replaced")
+        prev = {k: np.array(v) for k, v in vals.items()}
+        dedup = list(dict.fromkeys(f for f in flags if f))
+        buf["index"].append(np.int64(item["index"]))
+        buf["time"].append(np.float64(item["time"]))
+        for key in ("rotation", "translation", "expression", "sh", "landmarks_2d", "model_landmarks_2d"):
+            buf[key].append(vals[key])
+        if eyes is not None:
+            cur["last_gaze"] = np.array([eyes.weights[k] for k in GAZE_NAMES], np.float32)
+            buf["gaze"].append(cur["last_gaze"].copy())
+            buf["blink"].append(np.array([eyes.weights[k] for k in BLINK_NAMES], np.float32))
+            buf["eyes_closed"].append(np.array([eyes.closed[1], eyes.closed[0]], bool))
+            buf["iris"].append(np.stack([eyes.right.iris.centre, eyes.left.iris.centre]).astype(np.float32))
+            buf["iris_confidence"].append(np.array([eyes.right.iris.confidence, eyes.left.iris.confidence],
+                                                   np.float32))
+            buf["ear"].append(np.array([eyes.right.ear, eyes.left.ear], np.float32))
+        else:
+            buf["gaze"].append(cur["last_gaze"].copy())
+            buf["blink"].append(np.zeros(2, np.float32))
+            buf["eyes_closed"].append(np.zeros(2, bool))
+            buf["iris"].append(np.full((2, 2), np.nan, np.float32))
+            buf["iris_confidence"].append(np.zeros(2, np.float32))
+            buf["ear"].append(np.full(2, np.nan, np.float32))
+        nan_pts = np.full((68, 2), np.nan, np.float32)
+        buf["landmarks"].append(np.asarray(pts, np.float32) if face else nan_pts)
+        buf["landmarks_smoothed"].append(np.asarray(smoothed, np.float32) if face else nan_pts.copy())
+        buf["landmark_confidence"].append(np.asarray(conf, np.float32) if face else np.zeros(68, np.float32))
+        buf["box"].append(np.asarray(item["box"], np.float32) if item["box"] is not None
+                          else np.full(4, np.nan, np.float32))
+        buf["face_found"].append(np.bool_(face))
+        buf["status"].append(item["status"])
+        buf["flags"].append(",".join(dedup))
+        e = getattr(res, "energy", float("nan"))
+        buf["energy"].append(np.float64(e if e is not None else np.nan))
+        buf["solve_ms"].append(np.float32(t_solve * 1e3))
+        buf["landmarks_ms"].append(np.float32(item["landmarks_ms"]))
+        buf["eyes_ms"].append(np.float32(t_eyes * 1e3))
+        buf["decode_ms"].append(np.float32(item["decode_ms"]))
+        buf["frame_ms"].append(np.float32(item["produce_ms"] + (time.perf_counter() - t_c0) * 1e3))
+        timer["landmarks"] = timer.get("landmarks", 0.0) + item["landmarks_ms"] / 1e3
+        timer["eyes"] = timer.get("eyes", 0.0) + t_eyes
+        timer["solve"] = timer.get("solve", 0.0) + t_solve
+        pos["consumed"] += 1
+        prev["gaze"] = cur["last_gaze"].copy()
+        cur["prev"] = prev
+        # the pending items are never changed after they are made, so the snapshot shares them (no image copies)
+        cur["snapshot"] = {"tracker": copy.deepcopy(tracker.state_dict()),
+                           "landmarks": copy.deepcopy(lt.state_dict()), "eyes": copy.deepcopy(et.state_dict()),
+                           "smoother": smoother.state_dict(), "prev": {k: v.copy() for k, v in prev.items()},
+                           "consumed": pos["consumed"], "observed": pos["observed"]}
+        cur["snap_done"] = pos["consumed"]
+        if bar is not None:
+            bar.update(1)
+            done = pos["consumed"]
+            if done % 10 == 0:
+                el = time.perf_counter() - t_wall
+                bar.set_postfix(fps=f"{(done - start) / max(el, 1e-9):.1f}", solve_ms=f"{t_solve * 1e3:.0f}",
+                                face="yes" if face else "no", refresh=False)
+        if callback is not None:
+            callback(int(item["index"]), res)
+        if len(buf["index"]) >= cfg.chunk_size:
+            flush(cur["snapshot"])
+
     try:
         t_prev_end = time.perf_counter()
-        for fr in _frames(reader, start, max_frames, dec):
+        for fr in _frames(reader, pos["observed"], max_frames, dec):
             t_frame0 = t_prev_end
             t_decode = time.perf_counter() - t_frame0
-            img = fr.image
             t0 = time.perf_counter()
-            obs: FaceObservation = lt.update(img)
+            obs: FaceObservation = lt.update(fr.image)
             t_lm = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            eyes = None
-            if obs.found:
-                head = None if prev is None else prev["rotation"]
-                eyes = et.update(img, obs.landmarks.points, head)
-            t_eyes = time.perf_counter() - t0
-            gaze = None
-            if eyes is not None:
-                gaze = dict(eyes.gaze)
-                if cfg.fix_blink:
-                    gaze.update({k: eyes.weights[k] for k in BLINK_NAMES})
-            pts = np.array(obs.landmarks.points) if obs.found else None
-            conf = np.array(obs.landmarks.confidence) if obs.found else None
-            t0 = time.perf_counter()
-            res = tracker.track_frame(img if obs.found else None, pts, conf, gaze)
-            t_solve = time.perf_counter() - t0
-            flags = list(obs.flags) + list(getattr(res, "flags", []))
-            if eyes is not None:
-                flags += list(eyes.flags)
-            # never NaN parameters: fall back on the previous frame's
-            fb = dict(prev) if prev is not None else {
-                "rotation": np.zeros(3, np.float32), "translation": np.array([0, 0, 60], np.float32),
-                "expression": np.zeros(K, np.float32), "sh": np.zeros((9, 3), np.float32),
-                "landmarks_2d": np.zeros((68, 2), np.float32)}
-            vals = {}
-            bad = False
-            for key in ("rotation", "translation", "expression", "sh", "landmarks_2d"):
-                want_shape = np.shape(fb[key])
-                v = np.asarray(getattr(res, key), dtype=np.float32).reshape(want_shape)
-                vals[key], b = _finite_or(v, fb[key])
-                bad |= b
-            if bad:
-                flags.append("nan_replaced")
-            prev = {k: np.array(v) for k, v in vals.items()}
-            dedup = list(dict.fromkeys(f for f in flags if f))
-            face = obs.found
-            buf["index"].append(np.int64(fr.index))
-            buf["time"].append(np.float64(fr.time))
-            for key in ("rotation", "translation", "expression", "sh", "landmarks_2d"):
-                buf[key].append(vals[key])
-            if eyes is not None:
-                last_gaze = np.array([eyes.weights[k] for k in GAZE_NAMES], np.float32)
-                buf["gaze"].append(last_gaze.copy())
-                buf["blink"].append(np.array([eyes.weights[k] for k in BLINK_NAMES], np.float32))
-                buf["eyes_closed"].append(np.array([eyes.closed[1], eyes.closed[0]], bool))
-                buf["iris"].append(np.stack([eyes.right.iris.centre, eyes.left.iris.centre]).astype(np.float32))
-                buf["iris_confidence"].append(np.array([eyes.right.iris.confidence, eyes.left.iris.confidence],
-                                                       np.float32))
-                buf["ear"].append(np.array([eyes.right.ear, eyes.left.ear], np.float32))
-            else:
-                buf["gaze"].append(last_gaze.copy())
-                buf["blink"].append(np.zeros(2, np.float32))
-                buf["eyes_closed"].append(np.zeros(2, bool))
-                buf["iris"].append(np.full((2, 2), np.nan, np.float32))
-                buf["iris_confidence"].append(np.zeros(2, np.float32))
-                buf["ear"].append(np.full(2, np.nan, np.float32))
-            buf["landmarks"].append(pts.astype(np.float32) if face else np.full((68, 2), np.nan, np.float32))
-            buf["landmark_confidence"].append(conf.astype(np.float32) if face else np.zeros(68, np.float32))
-            buf["box"].append(np.asarray(obs.landmarks.box, np.float32) if face and obs.landmarks.box is not None
-                              else np.full(4, np.nan, np.float32))
-            buf["face_found"].append(np.bool_(face))
-            buf["status"].append(obs.status)
-            buf["flags"].append(",".join(dedup))
-            e = getattr(res, "energy", float("nan"))
-            buf["energy"].append(np.float64(e if e is not None else np.nan))
-            buf["solve_ms"].append(np.float32(t_solve * 1e3))
-            buf["landmarks_ms"].append(np.float32(t_lm * 1e3))
-            buf["eyes_ms"].append(np.float32(t_eyes * 1e3))
-            buf["decode_ms"].append(np.float32(t_decode * 1e3))
-            t_end = time.perf_counter()
-            buf["frame_ms"].append(np.float32((t_end - t_frame0) * 1e3))
-            timer["landmarks"] = timer.get("landmarks", 0.0) + t_lm
-            timer["eyes"] = timer.get("eyes", 0.0) + t_eyes
-            timer["solve"] = timer.get("solve", 0.0) + t_solve
-            frames_done += 1
-            prev["gaze"] = last_gaze.copy()
-            snapshot = {"tracker": copy.deepcopy(tracker.state_dict()), "landmarks": copy.deepcopy(lt.state_dict()),
-                        "eyes": copy.deepcopy(et.state_dict()), "prev": {k: v.copy() for k, v in prev.items()}}
-            snap_done = frames_done
-            if bar is not None:
-                bar.update(1)
-                if frames_done % 10 == 0:
-                    el = time.perf_counter() - t_wall
-                    bar.set_postfix(fps=f"{(frames_done - start) / max(el, 1e-9):.1f}",
-                                    solve_ms=f"{t_solve * 1e3:.0f}", face="yes" if face else "no", refresh=False)
-            if callback is not None:
-                callback(fr.index, res)
-            if len(buf["index"]) >= cfg.chunk_size:
-                flush(snapshot)
+            face = bool(obs.found)
+            pts = np.array(obs.landmarks.points, dtype=np.float64) if face else None
+            item = {"index": int(fr.index), "time": float(fr.time), "image": fr.image, "found": face,
+                    "points": pts,
+                    "confidence": np.array(obs.landmarks.confidence, dtype=np.float64) if face else None,
+                    "box": (np.asarray(obs.landmarks.box, np.float64) if face and obs.landmarks.box is not None
+                            else None),
+                    "status": str(obs.status), "flags": [str(f) for f in obs.flags],
+                    "decode_ms": t_decode * 1e3, "landmarks_ms": t_lm * 1e3,
+                    "produce_ms": (time.perf_counter() - t_frame0) * 1e3}
+            pos["observed"] = int(fr.index) + 1
+            # a fresh detection starts a new track: the smoothing window does not reach back across it
+            for ready in smoother.push(item, pts, restart=face and obs.status == "detected"):
+                consume(*ready)
             t_prev_end = time.perf_counter()
+        while smoother.pending:  # the end of the stream: the last `delay` frames, one at a time
+            for ready in smoother.flush(1):
+                consume(*ready)
     except BaseException:
         # keep the frames finished so far (their states are consistent) for a later resume
-        if snapshot is not None and snap_done > chunk_start:
+        snapshot, snap_done = cur["snapshot"], cur["snap_done"]
+        if snapshot is not None and snap_done > cur["chunk_start"]:
             try:
-                flush(snapshot, keep=snap_done - chunk_start)
+                flush(snapshot, keep=snap_done - cur["chunk_start"])
             except Exception as e:  # pragma: no cover - disk trouble while already failing
                 log.warning("could not save the last %d frames for resuming: %s", len(buf["index"]), e)
         if bar is not None:
             bar.close()
         raise
-    flush(snapshot)
+    flush(cur["snapshot"])
     if bar is not None:
         bar.close()
     timer["decode"] = timer.get("decode", 0.0) + dec.get("decode", 0.0)
@@ -957,7 +1053,7 @@ def _collect(store: _Store, manifest):
                 flag_count[x] = flag_count.get(x, 0) + 1
             ok = bool(ch["face_found"][i]) and not ({"bridged", "reinitialised", "redetected", "nan_replaced"}
                                                     & set(names)) and not any(x.startswith("lost:") for x in names)
-            jit.add(ch["landmarks"][i], ch["landmarks_2d"][i], ok)
+            jit.add({key: ch[key][i] for _, key in _JITTER_SERIES}, ok)
     cat = lambda x: np.concatenate(x) if x else np.zeros(0)  # noqa: E731
     return cat(energy), cat(fms), cat(times), cat(face).astype(bool), flag_count, status_count, jit.result(), sums
 
@@ -1005,7 +1101,7 @@ def _plot(path: Path, energy: np.ndarray, frame_ms: np.ndarray, face: np.ndarray
 
 def _finish(reader, video, out_dir, store, manifest, model, vid, cfg, overlay, progress, timer, start, t_start,
             fps) -> TrackResult:
-    energy, frame_ms, times, face, flag_count, status_count, jitter, sums = _collect(store, manifest)
+    energy, frame_ms, times, face, flag_count, status_count, (jitter, distance), sums = _collect(store, manifest)
     flag_names = sorted(flag_count)[:63]
     n_frames = int(len(energy))
     t0 = time.perf_counter()
@@ -1035,7 +1131,9 @@ def _finish(reader, video, out_dir, store, manifest, model, vid, cfg, overlay, p
                          if n else float("nan")},
         "tracking_fps": main_fps,
         "status_counts": status_count, "flag_counts": flag_count,
-        "jitter": jitter,
+        "jitter": jitter, "landmark_distance": distance,
+        "smoothing": {"window": cfg.smoothing_window, "order": cfg.smoothing_order,
+                      "delay_frames": cfg.smoothing_window // 2},
         "energy": {"median": float(np.nanmedian(energy)) if np.isfinite(energy).any() else None,
                    "max": float(np.nanmax(energy)) if np.isfinite(energy).any() else None},
         "decode_error": manifest.get("decode_error"),
