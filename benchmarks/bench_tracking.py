@@ -40,7 +40,7 @@ import torch
 
 from facerender.io import VideoReader, VideoWriter
 from facerender.tracking.facebox import LandmarkTracker
-from facerender.tracking.video import TrackConfig, landmark_jitter, track_video
+from facerender.tracking.video import TrackConfig, landmark_jitter, load_track, track_video
 
 
 def shared_video(name: str) -> Path:
@@ -179,6 +179,8 @@ def bench_tracking(clips, frames, solver, overlay, model, out_root):
         t = s["timings_s"]
         n = s["frames"]
         j = s["jitter"]
+        ps = s.get("psnr", {})
+        dist = single_image_distance(load_track(out), model) if solver == "real" else {}
         rows.append({
             "clip": name, "frames": n, "fps": res.fps, "keyframes_s": t.get("keyframes", 0),
             "bundle_s": t.get("bundle", 0),
@@ -189,6 +191,9 @@ def bench_tracking(clips, frames, solver, overlay, model, out_root):
             "jitter_detector_px": j["detector_px"], "jitter_model_px": j["model_px"], "jitter_ratio": j["ratio"],
             "jitter_triples": j["triples"], "no_face": s["status_counts"].get("no_face", 0), "wall_s": wall,
             "blink_frames": s["flag_counts"].get("blink", 0),
+            "jitter_smoothed_px": j.get("smoothed_px", float("nan")),
+            "psnr_keyframes": ps.get("keyframes") or float("nan"), "psnr_other": ps.get("other") or float("nan"),
+            **dist,
         })
     print(f"\n2. track_video ({solver} solver, first {frames} frames; ms per frame; jitter px)")
     print(f"{'clip':<16}{'frames':>7}{'fps':>7}{'kf s':>7}{'bundle s':>9}{'decode':>8}{'lmks':>7}{'eyes':>7}"
@@ -198,7 +203,41 @@ def bench_tracking(clips, frames, solver, overlay, model, out_root):
               f"{r['decode_ms']:>8.2f}{r['landmarks_ms']:>7.2f}{r['eyes_ms']:>7.2f}{r['solve_ms']:>8.1f}"
               f"{r['write_ms']:>7.2f}{r['overlay_ms']:>9.1f}{r['jitter_detector_px']:>8.2f}"
               f"{r['jitter_model_px']:>8.2f}{r['jitter_ratio']:>7.2f}{r['blink_frames']:>7}")
+    if solver == "real":
+        print("\n2b. quality: jitter (px; model = fixed iBUG-68 vertices), PSNR in the face mask (dB), mean distance "
+              "to the detected points (px) of the tracked model and of an independent single-image landmark fit per "
+              "frame (shipped priors, identity free) on the same frames (every 5th solved frame)")
+        print(f"{'clip':<16}{'jit det':>8}{'jit smooth':>11}{'jit model':>10}{'ratio':>7}{'PSNR kf':>8}{'PSNR other':>11}"
+              f"{'n':>5}{'track 68':>9}{'single 68':>10}{'track 51':>9}{'single 51':>10}")
+        for r in rows:
+            print(f"{r['clip']:<16}{r['jitter_detector_px']:>8.2f}{r['jitter_smoothed_px']:>11.2f}"
+                  f"{r['jitter_model_px']:>10.2f}{r['jitter_ratio']:>7.2f}{r['psnr_keyframes']:>8.2f}"
+                  f"{r['psnr_other']:>11.2f}{r['dist_frames']:>5}{r['dist_track_68']:>9.2f}{r['dist_single_68']:>10.2f}"
+                  f"{r['dist_track_51']:>9.2f}{r['dist_single_51']:>10.2f}")
     return rows
+
+
+def single_image_distance(track, model, every: int = 5) -> dict:
+    """Mean distance (px) from the detected points of the tracked model's fitted landmarks (``landmarks_2d``: the 17
+    jaw points slide along the contour) and of a single-image landmark fit of each frame (``fit_landmarks`` with the
+    shipped priors, identity free, the track's focal length), on every ``every``-th frame that was solved (face, not
+    bridged / re-initialised); over all 68 points and over the 51 inner points."""
+    from facerender.fitting.landmark_fit import fit_landmarks
+
+    ok = [i for i in range(len(track.index)) if track.face_found[i]
+          and not {"bridged", "reinitialised", "nan_replaced"} & set(str(track.flags[i]).split(","))][::every]
+    if not ok:
+        return {"dist_frames": 0, **{k: float("nan") for k in ("dist_track_68", "dist_single_68", "dist_track_51",
+                                                                   "dist_single_51")}}
+    det = torch.as_tensor(track.landmarks[ok], dtype=torch.float32)
+    conf = torch.as_tensor(track.landmark_confidence[ok], dtype=torch.float32)
+    pp = torch.as_tensor(np.asarray(track.principal_point, np.float32))[None].expand(len(ok), 2)
+    fit = fit_landmarks(model, det, tuple(track.image_size), conf, focal=float(track.focal), principal_point=pp)
+    single = fit.landmarks_2d.detach().numpy()
+    tracked = track.landmarks_2d[ok]
+    d = lambda a, sl: float(np.linalg.norm(a[:, sl] - det.numpy()[:, sl], axis=-1).mean())  # noqa: E731
+    return {"dist_frames": len(ok), "dist_track_68": d(tracked, slice(0, 68)), "dist_single_68": d(single, slice(0, 68)),
+            "dist_track_51": d(tracked, slice(17, 68)), "dist_single_51": d(single, slice(17, 68))}
 
 
 # ------------------------------------------------------------------------------------------------------ part 3

@@ -113,6 +113,41 @@ def test_photometric_gradient_matches_autograd(model64):
     assert torch.allclose(Hm, Hm.mT) and float(torch.linalg.eigvalsh(Hm[0]).min()) > -1e-12 * float(Hm.abs().max())
 
 
+def test_photometric_psnr(model64):
+    """PSNR of the colour term's samples: a uniform light and albedo give a constant model colour c, so a constant
+    photo v gives exactly -10 log10((c - v)^2); an image the face does not cover gives NaN."""
+    m = model64.submodel("face")
+    H = W = 64
+    lay = ParameterLayout([Block("rotation", 3), Block("translation", 3), Block("focal", 1), Block("sh", 27)])
+    x = lay.join(dict(rotation=torch.zeros(1, 3, dtype=torch.float64),
+                      translation=torch.tensor([[0.0, 0.0, 60.0]], dtype=torch.float64),
+                      focal=torch.tensor([[150.0]], dtype=torch.float64),
+                      sh=ambient_light(1.0, 1, dtype=torch.float64).reshape(1, 27)))
+    albedo = torch.full((m.num_vertices, 3), 0.5, dtype=torch.float64)
+    pp = torch.tensor([[W / 2, H / 2]], dtype=torch.float64)
+    for v in (0.2, 0.45):
+        img = torch.full((1, H, W, 3), v, dtype=torch.float64)
+        term = PhotometricTerm(m, img, albedo, 1.0, max_samples=300)
+        prob = EnergyProblem(lay, [term], {"identity": torch.zeros(1, 100, dtype=torch.float64),
+                                           "expression": torch.zeros(1, 53, dtype=torch.float64)}, pp)
+        with pytest.raises(RuntimeError):
+            term.psnr()
+        prob.residuals(x)
+        c = term.last_model_colour[0][term.samples["valid"][0] > 0]
+        assert float(c.std()) < 1e-9  # uniform light: constant colour
+        want = -10 * math.log10((float(c.mean()) - v) ** 2)
+        assert float(term.psnr()[0]) == pytest.approx(want, rel=1e-9)
+    far = lay.join(dict(rotation=torch.zeros(1, 3, dtype=torch.float64),
+                        translation=torch.tensor([[500.0, 0.0, 60.0]], dtype=torch.float64),
+                        focal=torch.tensor([[150.0]], dtype=torch.float64),
+                        sh=ambient_light(1.0, 1, dtype=torch.float64).reshape(1, 27)))
+    term = PhotometricTerm(m, img, albedo, 1.0, max_samples=300)
+    prob = EnergyProblem(lay, [term], {"identity": torch.zeros(1, 100, dtype=torch.float64),
+                                       "expression": torch.zeros(1, 53, dtype=torch.float64)}, pp)
+    prob.residuals(far)
+    assert math.isnan(float(term.psnr()[0]))
+
+
 def test_initial_pose_recovers_rotation(ict_model):
     """The closed-form affine initialisation recovers a known pose within a few degrees (an affine camera ignores perspective)."""
     from morphable_models import model_to_camera

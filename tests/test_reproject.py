@@ -93,6 +93,12 @@ def test_mapping_direction_a_shifted_render_reads_the_shifted_frame():
     rows, cols = torch.nonzero(rep.valid, as_tuple=True)
     assert rows.numel() > 1000
     assert torch.allclose(rep.colors[rows, cols], frame[rows - 2, cols - 3], atol=1e-9)
+    # positions: where each covered pixel's surface point lies in the tracked frame (3 px left, 2 px up)
+    centres = torch.stack(torch.meshgrid(torch.arange(64.0) + 0.5, torch.arange(64.0) + 0.5, indexing="xy"), -1)
+    cov = fr.mask[0]
+    motion = (rep.positions - centres.to(rep.positions.dtype))[cov]
+    assert torch.allclose(motion, torch.tensor([-3.0, -2.0], dtype=motion.dtype).expand_as(motion), atol=1e-6)
+    assert bool(torch.isnan(rep.positions[~cov]).all())
 
 
 def test_orthographic_screen_space():

@@ -23,6 +23,7 @@ from facerender.tracking.video import (
     STATE_DIR,
     TrackConfig,
     keyframe_descriptor,
+    psnr_summary,
     landmark_jitter,
     load_track,
     render_overlay,
@@ -674,3 +675,21 @@ def test_real_tracker_on_a_real_clip(tmp_path, video_dir, ict_model):
     assert j["smoothed_px"] < j["detector_px"] and j["model_px"] < j["detector_px"]
     assert np.isfinite(tr.model_landmarks_2d).all() and not np.array_equal(tr.model_landmarks_2d, tr.landmarks_2d)
     assert VideoReader(res.overlay_path).frame_count == 20
+    # photometric PSNR inside the face mask, on the keyframes and on the frames held out from the albedo
+    assert np.isfinite(tr.psnr).all() and tr.psnr.shape == (20,)
+    ps = res.summary["psnr"]
+    assert ps["keyframes_n"] + ps["other_n"] == 20 and ps["other_n"] >= 17
+    assert 20.0 < ps["other"] < 45.0 and 20.0 < ps["keyframes"] < 45.0, ps
+    # held-out frames are not much worse than the frames the albedo was estimated on
+    assert ps["other"] > ps["keyframes"] - 3.0, ps
+
+
+def test_psnr_summary_splits_keyframes():
+    psnr = np.array([30.0, 20.0, np.nan, 25.0, 35.0])
+    index = np.arange(5)
+    s = psnr_summary(psnr, index, [0, 4])
+    assert s["keyframes"] == pytest.approx(32.5) and s["keyframes_n"] == 2
+    assert s["other"] == pytest.approx(22.5) and s["other_n"] == 2
+    assert s["other_p10"] == pytest.approx(20.5)
+    e = psnr_summary(np.full(3, np.nan), np.arange(3), [])
+    assert e["keyframes"] is None and e["other"] is None and e["other_n"] == 0

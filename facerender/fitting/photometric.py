@@ -205,6 +205,7 @@ class PhotometricTerm(Term):
                                    dtype=image.dtype, device=image.device) / math.pi
         self.samples = None
         self.last_model_colour = None
+        self.last_image_colour = None
 
     # ------------------------------------------------------------------------------------------------- samples
     @torch.no_grad()
@@ -262,6 +263,20 @@ class PhotometricTerm(Term):
                             count=valid.sum(1).clamp_min(1).to(dt), face_vertices=fv, bary=bw)
         return int(valid.sum(1).min())
 
+    @torch.no_grad()
+    def psnr(self) -> torch.Tensor:
+        """PSNR (dB, peak 1) of the model colour against the photo over the valid samples of the last
+        :meth:`evaluate`, per image -> ``(B,)`` (NaN for an image without samples). The samples are an even
+        subsample of the rendered face mask's front-facing pixels, so this estimates the PSNR inside the mask."""
+        if self.last_model_colour is None:
+            raise RuntimeError("psnr() needs a previous evaluate()")
+        v = self.samples["valid"]
+        se = ((self.last_model_colour - self.last_image_colour) ** 2).mean(-1)  # (B, S)
+        n = v.sum(1)
+        mse = (se * v).sum(1) / n.clamp_min(1)
+        out = -10.0 * torch.log10(mse.clamp_min(1e-12))
+        return torch.where(n > 0, out, torch.full_like(out, float("nan")))
+
     # ------------------------------------------------------------------------------------------------- evaluate
     def evaluate(self, kin: Kinematics):
         s = self.samples
@@ -283,6 +298,7 @@ class PhotometricTerm(Term):
         r, omega = robust_point_residuals(d, "l21", k * self.eps)
         r = r.reshape(B, -1)
         self.last_model_colour = model_col.detach()
+        self.last_image_colour = img_col.detach()
         if not kin.need_jacobian:
             return r, None
         lay = kin.layout

@@ -328,7 +328,10 @@ def _solve(d: torch.Tensor, omega: torch.Tensor, rhs: Optional[torch.Tensor], it
         omega = F.pad(omega.to(d.dtype), (0, pw, 0, ph), mode="replicate") > 0.5
         if rhs is not None:
             rhs = F.pad(rhs, (0, pw, 0, ph), value=0.0)
-    x = torch.where(omega, _pull_push(d, ~omega), d)
+    # the initial guess interpolates only the boundary ring (the pixels outside omega next to it: the only values
+    # the equations see), not the whole outside, whose values far from omega are irrelevant and can be anything
+    ring = (F.max_pool2d(omega.to(d.dtype), 3, stride=1, padding=1) > 0.5) & ~omega
+    x = torch.where(omega, _pull_push(d, ring), d)
     if iterations > 0:
         levels = _levels(omega, L)
         zero = torch.zeros((), dtype=d.dtype, device=d.device)

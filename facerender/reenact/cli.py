@@ -13,8 +13,14 @@ def run_reenact(args) -> int:
     res = face2face(args.source, args.target, args.output, model, cfg, progress=True)
     t = res.timings
     n = max(res.frames, 1)
-    print(f"tracking: source {t['track_source']:.1f} s, target {t['track_target']:.1f} s "
-          "(0 s: reused a track folder)")
+    tfps = res.summary.get("tracking_fps", {}) or {}
+
+    def tracked(name: str) -> str:
+        f = tfps.get(name)
+        return (f"{name} {t['track_' + name]:.1f} s ({f:.1f} frames/s)" if f
+                else f"{name}: reused its track folder")
+
+    print(f"tracking (keyframes, bundling, per-frame solve): {tracked('source')}, {tracked('target')}")
     per = {k: t[k] / n * 1e3 for k in ("decode", "transfer", "render", "composite", "encode")}
     total = sum(per.values())
     print("reenactment per frame: " + ", ".join(f"{k} {v:.1f} ms" for k, v in per.items())

@@ -71,6 +71,10 @@ class Face2FaceConfig:
         mouth: ``"retrieval"`` (Face2Face) or ``"model"`` (the model's rendered mouth interior).
         mouth_min_frames: targets with fewer tracked frames use the model mouth.
         colour_from_frame: colour the face from the current target frame (else albedo x SH everywhere).
+        keep_detail: add back the target frame's detail finer than the crop (``frame - upsampled crop``, full
+            resolution), carried along with the surface from the tracked to the reenacted mesh, wherever the face is
+            coloured from the frame (not in the mouth or where the frame does not see the surface): a face crop
+            smaller than the face in the frame otherwise blurs the whole face. Needs ``colour_from_frame``.
         blend: :class:`~facerender.reenact.blend.BlendConfig` method (``"poisson"``, ``"multiband"``, ...); erode: px.
         side_by_side: write ``side_by_side.mp4``; side_height: its panel height.
         stills: output frames whose stage images are saved in ``stills/``.
@@ -88,6 +92,7 @@ class Face2FaceConfig:
     mouth: str = "retrieval"
     mouth_min_frames: int = 30
     colour_from_frame: bool = True
+    keep_detail: bool = True
     blend: str = "poisson"
     erode: int = 3
     side_by_side: bool = True
@@ -364,10 +369,13 @@ class _Reenactor:
         tri = frag_out.triangle_id[0]
         in_mouth = torch.zeros_like(mask)
         in_mouth[mask] = self.mouth_faces[tri[mask]]
+        detail = None
         if cfg.colour_from_frame:
             rep = reproject_frame(crop[None], frag_out, scr_trk, tracked_fragments=frag_trk)
             valid = rep.valid[0] & ~in_mouth
             face = recolor(rep.colors[0], valid, fallback, mask)
+            if cfg.keep_detail:
+                detail = self._detail(rep.positions[0], valid)
         else:
             face = fallback
         # mouth interior from the target's own frames
@@ -379,18 +387,38 @@ class _Reenactor:
                 w = self.mouth_db.warp(m, lm_out.double().numpy(), (S, S))
                 a = w.alpha.to(face.dtype)[..., None]
                 face = a * w.image.to(face.dtype) + (1 - a) * face
+                if detail is not None:
+                    detail = (detail[0] * (1 - w.alpha.to(detail[0].dtype)), detail[1])
         # seamless blending inside the rendered mask, then paste back with a feathered mask
         blended = seamless_blend(face, crop, mask, method=cfg.blend, erode=cfg.erode)
-        out = self._paste(frame_t, blended, mask, x0, y0, side)
+        out = self._paste(frame_t, blended, mask, x0, y0, side, crop if detail is not None else None, detail)
         timer["composite"] += time.perf_counter() - t2
         if stills is not None:
             stills.update(crop=crop, fallback=fallback * mask[..., None], face=face * mask[..., None],
                           blended=blended)
         return out
 
+    @staticmethod
+    def _detail(positions: torch.Tensor, valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The frame-detail layer of a crop: ``(S, S)`` weights (``valid`` softened by a 3-px box filter) and
+        ``(S, S, 2)`` where each pixel's surface point lies in the tracked crop (crop pixels; the pixel itself where
+        the render does not cover it)."""
+        S = positions.shape[0]
+        c = torch.arange(S, dtype=positions.dtype) + 0.5
+        centres = torch.stack(torch.meshgrid(c, c, indexing="xy"), -1)
+        pos = torch.where(torch.isfinite(positions), positions, centres)
+        w = valid.to(positions.dtype)
+        k = torch.full((1, 1, 1, 3), 1.0 / 3.0, dtype=w.dtype)
+        w = F.conv2d(F.conv2d(F.pad(w[None, None], (1, 1, 1, 1)), k), k.transpose(-1, -2))[0, 0]
+        return w.float(), pos.float()
+
     def _paste(self, frame: torch.Tensor, crop: torch.Tensor, mask: torch.Tensor, x0: float, y0: float,
-               side: float) -> np.ndarray:
-        """Resample the crop back into the frame's pixels under a feathered version of ``mask``."""
+               side: float, original: Optional[torch.Tensor] = None,
+               detail: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> np.ndarray:
+        """Resample the crop back into the frame's pixels under a feathered version of ``mask``. With
+        ``original`` (the target frame's crop, ``(S, S, 3)``) and ``detail`` (weights ``(S, S)``, tracked positions
+        ``(S, S, 2)`` in crop pixels, from :meth:`_detail`), the frame's detail finer than the crop, ``frame -
+        resampled original``, is read at the tracked positions and added with those weights."""
         H, W = frame.shape[:2]
         S = crop.shape[0]
         ys = torch.nonzero(mask.any(1)).flatten()
@@ -416,11 +444,23 @@ class _Reenactor:
         a = erode_mask(mask[None], max(1, self.cfg.erode))[0].float()[None, None]
         k = torch.full((1, 1, 1, 5), 0.2)  # separable 5-px box feather (avg_pool2d with stride 1 is slow on CPU)
         a = F.conv2d(F.conv2d(F.pad(a, (2, 2, 2, 2)), k), k.transpose(-1, -2))
-        src = torch.cat([crop.permute(2, 0, 1), a[0]], 0)[None]
+        chans = [crop.permute(2, 0, 1), a[0]]
+        if detail is not None:
+            chans += [original.permute(2, 0, 1).to(crop.dtype), detail[0][None].to(crop.dtype),
+                      detail[1].permute(2, 0, 1).to(crop.dtype)]
+        src = torch.cat(chans, 0)[None]
         res = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
         rgb, alpha = res[:3].permute(1, 2, 0), res[3][..., None]
         out = frame.clone()
         region = out[r0:r1, c0:c1].float() / 255.0
+        if detail is not None:
+            fine = (region - res[4:7].permute(1, 2, 0)).permute(2, 0, 1)[None]  # (1, 3, h, w)
+            h, w = r1 - r0, c1 - c0
+            fx = x0 + res[8] * scale - c0  # tracked positions in the region's pixels
+            fy = y0 + res[9] * scale - r0
+            g2 = torch.stack([fx / w * 2 - 1, fy / h * 2 - 1], -1)[None]
+            moved = F.grid_sample(fine, g2, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+            rgb = rgb + res[7][..., None] * moved.permute(1, 2, 0)
         comp = alpha * rgb + (1 - alpha) * region
         out[r0:r1, c0:c1] = (comp.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
         # the band around the blend border (about 8 px wide): where a seam would show
@@ -614,8 +654,9 @@ def face2face(
         "frames": N, "fps_output": fps, "source": str(src_video), "target": str(tgt_video),
         "source_frames": n_src, "target_frames": n_tgt, "reenactment_fps": N / loop_s if loop_s > 0 else None,
         "timings_s": timer, "per_frame_ms": per_frame, "config": asdict(cfg),
-        "tracking_fps": {"source": n_src / timer["track_source"] if timer["track_source"] > 1e-3 else None,
-                         "target": n_tgt / timer["track_target"] if timer["track_target"] > 1e-3 else None},
+        # None: a track folder was given (nothing tracked)
+        "tracking_fps": {"source": None if Path(source).is_dir() else n_src / max(timer["track_source"], 1e-9),
+                         "target": None if Path(target).is_dir() else n_tgt / max(timer["track_target"], 1e-9)},
         "mouth": "retrieval" if re.mouth_db is not None else "model",
         "seam_stability": {
             "output_band_mad": float(np.mean(seam_out)) if seam_out else None,

@@ -63,10 +63,14 @@ class Reprojection(NamedTuple):
     Attributes:
         colors: ``(B, H, W, C)`` frame colours of the reenacted render's pixels (0 where not valid).
         valid: ``(B, H, W)`` bool: covered by the reenacted render AND visible in the tracked frame.
+        positions: ``(B, H, W, 2)`` where each pixel's surface point lies in the tracked frame (frame pixels, package
+            convention; NaN where not covered by the render), or None (:func:`sample_frame_texture`). ``positions -
+            pixel centres`` is the motion of the surface between the tracked and the reenacted mesh.
     """
 
     colors: torch.Tensor
     valid: torch.Tensor
+    positions: Optional[torch.Tensor] = None
 
 
 # ------------------------------------------------------------------------------------------------------ inputs
@@ -188,6 +192,7 @@ def reproject_frame(
         pix, tri, bary = fragments.packed()
         gdt = torch.promote_types(sv.dtype, bary.dtype)  # geometry in the inputs' precision (float32 is plenty)
         grid = torch.full((B * H * W, 2), -2.0, dtype=gdt, device=device)  # background: off the image
+        positions = torch.full((B * H * W, 2), float("nan"), dtype=gdt, device=device)
         valid = torch.zeros(B * H * W, dtype=torch.bool, device=device)
         if pix.numel():
             b = torch.div(pix, H * W, rounding_mode="floor")
@@ -223,6 +228,7 @@ def reproject_frame(
             g = torch.stack([px * (2.0 / Wf) - 1, py * (2.0 / Hf) - 1], -1)
             grid.index_copy_(0, pix, torch.where(ok[:, None], g, torch.full((), -2.0, dtype=gdt, device=device)))
             valid.index_copy_(0, pix, ok)
+            positions.index_copy_(0, pix, xy)
         src = img.to(work).permute(0, 3, 1, 2)
         if Bf != B:
             src = src.expand(B, C, Hf, Wf)
@@ -231,9 +237,10 @@ def reproject_frame(
         valid = valid.view(B, H, W)
         colors = torch.where(valid[..., None], colors, torch.zeros((), dtype=work, device=device))
         colors = colors.to(img.dtype)
+        positions = positions.view(B, H, W, 2)
     if unb and B == 1:
-        return Reprojection(colors[0], valid[0])
-    return Reprojection(colors, valid)
+        return Reprojection(colors[0], valid[0], positions[0])
+    return Reprojection(colors, valid, positions)
 
 
 # ----------------------------------------------------------------------------------------------------- recolor

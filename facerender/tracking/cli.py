@@ -53,6 +53,10 @@ def run_track(args) -> int:
     if j.get("triples"):
         print(f"landmark jitter (RMS 2nd difference): model {j['model_px']:.2f} px, detector {j['detector_px']:.2f} px "
               f"(ratio {j['ratio']:.2f})")
+    ps = s.get("psnr", {})
+    if ps.get("other") is not None:
+        kf = f"{ps['keyframes']:.2f} dB on the {ps['keyframes_n']} keyframes, " if ps.get("keyframes") else ""
+        print(f"photometric PSNR in the face mask: {kf}{ps['other']:.2f} dB on the {ps['other_n']} other frames")
     flags = s.get("flag_counts", {})
     if flags:
         print("flags: " + ", ".join(f"{k} {v}" for k, v in sorted(flags.items())))

@@ -92,7 +92,9 @@ class FrameResult:
         landmarks_2d (68, 2) the fitted landmarks (model points matched to the targets; the 17 jawline points slide
         along the contour with the detections), model_landmarks_2d (68, 2) the projection of the model's fixed
         iBUG-68 vertices (independent of the detections: what the jitter of the track is measured on), energy
-        (float, NaN when no solve ran), flags (e.g. "no_face", "bridged", "solver_failed"), solve_ms.
+        (float, NaN when no solve ran), flags (e.g. "no_face", "bridged", "solver_failed"), solve_ms, psnr (dB: the
+        solved render's colour against the frame over the photometric term's samples of the face mask in the
+        ``size``^2 crop, :meth:`PhotometricTerm.psnr`; NaN without a photometric solve).
     """
 
     rotation: np.ndarray
@@ -104,6 +106,7 @@ class FrameResult:
     flags: List[str] = field(default_factory=list)
     solve_ms: float = 0.0
     model_landmarks_2d: Optional[np.ndarray] = None
+    psnr: float = float("nan")
 
 
 def model_with_identity(model: LinearFaceModel, identity: torch.Tensor) -> LinearFaceModel:
@@ -422,6 +425,10 @@ class FaceTracker:
         with torch.no_grad():
             problem.residuals(params)
         lm2d = lterm.last_uv[0] / s + off[0]
+        psnr = float("nan")
+        for term in problem.terms:
+            if isinstance(term, PhotometricTerm):
+                psnr = float(term.psnr()[0])
         out = {k: values[k] for k in ("rotation", "translation", "expression")}
         fixed_lm = self._project_model_landmarks(out)
         out["sh"] = values.get("sh", ambient_light(1.0, 1, dtype=dt, device=dev).reshape(1, 27))
@@ -431,7 +438,7 @@ class FaceTracker:
             rotation=out["rotation"][0].cpu().numpy(), translation=out["translation"][0].cpu().numpy(),
             expression=out["expression"][0].cpu().numpy(), sh=out["sh"][0].reshape(9, 3).cpu().numpy(),
             landmarks_2d=lm2d.cpu().numpy(), energy=energy, flags=flags,
-            solve_ms=(time.perf_counter() - t0) * 1e3, model_landmarks_2d=fixed_lm)
+            solve_ms=(time.perf_counter() - t0) * 1e3, model_landmarks_2d=fixed_lm, psnr=psnr)
 
     @torch.no_grad()
     def _project_model_landmarks(self, p: Dict[str, torch.Tensor]) -> np.ndarray:

@@ -66,13 +66,13 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 __all__ = ["TrackConfig", "TrackResult", "Track", "track_video", "load_track", "render_overlay", "select_keyframes",
-           "keyframe_descriptor", "landmark_jitter", "STATE_DIR", "FORMAT_VERSION"]
+           "keyframe_descriptor", "landmark_jitter", "psnr_summary", "STATE_DIR", "FORMAT_VERSION"]
 
 #: Name of the chunk store inside the output folder.
 STATE_DIR = ".track"
 #: Version of params.npz and of the chunk store (2: smoothed landmarks, fixed-vertex model landmarks, the smoother's
 #: state in the snapshots).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _MAX_AUDIO_BYTES = 64 * 1024 * 1024
 
 
@@ -208,6 +208,7 @@ class Track:
     flag_bits: np.ndarray
     flag_names: Tuple[str, ...]
     energy: np.ndarray
+    psnr: np.ndarray
     solve_ms: np.ndarray
     frame_ms: np.ndarray
     identity: np.ndarray
@@ -245,8 +246,8 @@ class Track:
 
 _PER_FRAME_KEYS = ("index", "time", "rotation", "translation", "expression", "sh", "gaze", "blink", "eyes_closed",
                    "iris", "iris_confidence", "ear", "landmarks", "landmarks_smoothed", "landmark_confidence",
-                   "landmarks_2d", "model_landmarks_2d", "box", "face_found", "status", "flags", "energy", "solve_ms",
-                   "frame_ms", "decode_ms", "landmarks_ms", "eyes_ms")
+                   "landmarks_2d", "model_landmarks_2d", "box", "face_found", "status", "flags", "energy", "psnr",
+                   "solve_ms", "frame_ms", "decode_ms", "landmarks_ms", "eyes_ms")
 
 
 def load_track(path: PathLike) -> Track:
@@ -283,6 +284,7 @@ def load_track(path: PathLike) -> Track:
         model_landmarks_2d=d["model_landmarks_2d"] if "model_landmarks_2d" in d else d["landmarks_2d"].copy(),
         face_found=d["face_found"], status=d["status"], flags=d["flags"],
         flag_bits=d["flag_bits"], flag_names=tuple(str(s) for s in d["flag_names"]), energy=d["energy"],
+        psnr=d["psnr"] if "psnr" in d else np.full(len(d["index"]), np.nan, np.float32),
         solve_ms=d["solve_ms"], frame_ms=d["frame_ms"], identity=d["identity"], albedo=albedo,
         focal=float(d["focal"]), principal_point=d["principal_point"],
         image_size=tuple(int(v) for v in d["image_size"]), fps=float(d["fps"]), model_name=str(d["model_name"]),
@@ -895,6 +897,7 @@ def _main_pass(reader, store: _Store, manifest, tracker, lt, et, smoother: Strea
         buf["flags"].append(",".join(dedup))
         e = getattr(res, "energy", float("nan"))
         buf["energy"].append(np.float64(e if e is not None else np.nan))
+        buf["psnr"].append(np.float32(getattr(res, "psnr", np.nan)))
         buf["solve_ms"].append(np.float32(t_solve * 1e3))
         buf["landmarks_ms"].append(np.float32(item["landmarks_ms"]))
         buf["eyes_ms"].append(np.float32(t_eyes * 1e3))
@@ -1033,13 +1036,15 @@ def _write_params(path: Path, store: _Store, manifest, model, vid, reader: Video
 
 def _collect(store: _Store, manifest):
     """Per-frame series for the plot and the summary (small), flag names, counts and jitter."""
-    energy, fms, times, face = [], [], [], []
+    energy, fms, times, face, psnr, index = [], [], [], [], [], []
     flag_count: Dict[str, int] = {}
     status_count: Dict[str, int] = {}
     jit = _JitterAccumulator()
     sums = {k: 0.0 for k in ("solve_ms", "landmarks_ms", "eyes_ms")}
     for ch in _iter_chunks(store, manifest):
         energy.append(ch["energy"])
+        psnr.append(ch["psnr"])
+        index.append(ch["index"])
         fms.append(ch["frame_ms"])
         times.append(ch["time"])
         face.append(ch["face_found"])
@@ -1055,7 +1060,22 @@ def _collect(store: _Store, manifest):
                                                     & set(names)) and not any(x.startswith("lost:") for x in names)
             jit.add({key: ch[key][i] for _, key in _JITTER_SERIES}, ok)
     cat = lambda x: np.concatenate(x) if x else np.zeros(0)  # noqa: E731
-    return cat(energy), cat(fms), cat(times), cat(face).astype(bool), flag_count, status_count, jit.result(), sums
+    return (cat(energy), cat(fms), cat(times), cat(face).astype(bool), flag_count, status_count, jit.result(), sums,
+            cat(psnr), cat(index).astype(np.int64))
+
+
+def psnr_summary(psnr: np.ndarray, index: np.ndarray, keyframes) -> Dict[str, Any]:
+    """Mean photometric PSNR (dB, ``FrameResult.psnr``) of the solved frames, split into the keyframes (whose pixels
+    estimated the albedo) and the other frames (held out from the albedo): ``{"keyframes": dB, "other": dB,
+    "keyframes_n": n, "other_n": n, "other_p10": dB}`` (None where no frame has a value). ``psnr (N,)`` and
+    ``index (N,)`` per stored frame."""
+    psnr = np.asarray(psnr, np.float64)
+    key = np.isin(np.asarray(index), np.asarray(keyframes, dtype=np.int64))
+    fin = np.isfinite(psnr)
+    a, b = psnr[fin & key], psnr[fin & ~key]
+    f = lambda v: float(v.mean()) if v.size else None  # noqa: E731
+    return {"keyframes": f(a), "other": f(b), "keyframes_n": int(a.size), "other_n": int(b.size),
+            "other_p10": float(np.percentile(b, 10)) if b.size else None}
 
 
 def _plot(path: Path, energy: np.ndarray, frame_ms: np.ndarray, face: np.ndarray, title: str) -> Optional[Path]:
@@ -1101,7 +1121,8 @@ def _plot(path: Path, energy: np.ndarray, frame_ms: np.ndarray, face: np.ndarray
 
 def _finish(reader, video, out_dir, store, manifest, model, vid, cfg, overlay, progress, timer, start, t_start,
             fps) -> TrackResult:
-    energy, frame_ms, times, face, flag_count, status_count, (jitter, distance), sums = _collect(store, manifest)
+    (energy, frame_ms, times, face, flag_count, status_count, (jitter, distance), sums, psnr,
+     index) = _collect(store, manifest)
     flag_names = sorted(flag_count)[:63]
     n_frames = int(len(energy))
     t0 = time.perf_counter()
@@ -1132,6 +1153,7 @@ def _finish(reader, video, out_dir, store, manifest, model, vid, cfg, overlay, p
         "tracking_fps": main_fps,
         "status_counts": status_count, "flag_counts": flag_count,
         "jitter": jitter, "landmark_distance": distance,
+        "psnr": psnr_summary(psnr, index, vid["keyframes"]),
         "smoothing": {"window": cfg.smoothing_window, "order": cfg.smoothing_order,
                       "delay_frames": cfg.smoothing_window // 2},
         "energy": {"median": float(np.nanmedian(energy)) if np.isfinite(energy).any() else None,
