@@ -208,12 +208,12 @@ def bench_tracking(clips, frames, solver, overlay, model, out_root):
               "to the detected points (px) of the tracked model and of an independent single-image landmark fit per "
               "frame (shipped priors, identity free) on the same frames (every 5th solved frame)")
         print(f"{'clip':<16}{'jit det':>8}{'jit smooth':>11}{'jit model':>10}{'ratio':>7}{'PSNR kf':>8}{'PSNR other':>11}"
-              f"{'n':>5}{'track 68':>9}{'single 68':>10}{'track 51':>9}{'single 51':>10}")
+              f"{'n':>5}{'track 68':>9}{'single 68':>10}{'track 51':>9}{'single 51':>10}{'single, video id, 68':>21}")
         for r in rows:
             print(f"{r['clip']:<16}{r['jitter_detector_px']:>8.2f}{r['jitter_smoothed_px']:>11.2f}"
                   f"{r['jitter_model_px']:>10.2f}{r['jitter_ratio']:>7.2f}{r['psnr_keyframes']:>8.2f}"
                   f"{r['psnr_other']:>11.2f}{r['dist_frames']:>5}{r['dist_track_68']:>9.2f}{r['dist_single_68']:>10.2f}"
-                  f"{r['dist_track_51']:>9.2f}{r['dist_single_51']:>10.2f}")
+                  f"{r['dist_track_51']:>9.2f}{r['dist_single_51']:>10.2f}{r['dist_single_fixed_id_68']:>21.2f}")
     return rows
 
 
@@ -228,16 +228,20 @@ def single_image_distance(track, model, every: int = 5) -> dict:
           and not {"bridged", "reinitialised", "nan_replaced"} & set(str(track.flags[i]).split(","))][::every]
     if not ok:
         return {"dist_frames": 0, **{k: float("nan") for k in ("dist_track_68", "dist_single_68", "dist_track_51",
-                                                                   "dist_single_51")}}
+                                                                   "dist_single_51", "dist_single_fixed_id_68")}}
     det = torch.as_tensor(track.landmarks[ok], dtype=torch.float32)
     conf = torch.as_tensor(track.landmark_confidence[ok], dtype=torch.float32)
     pp = torch.as_tensor(np.asarray(track.principal_point, np.float32))[None].expand(len(ok), 2)
     fit = fit_landmarks(model, det, tuple(track.image_size), conf, focal=float(track.focal), principal_point=pp)
     single = fit.landmarks_2d.detach().numpy()
+    ident = torch.as_tensor(np.asarray(track.identity, np.float32))[None].expand(len(ok), -1)
+    fixed = fit_landmarks(model, det, tuple(track.image_size), conf, focal=float(track.focal), principal_point=pp,
+                          fixed_identity=ident).landmarks_2d.detach().numpy()
     tracked = track.landmarks_2d[ok]
     d = lambda a, sl: float(np.linalg.norm(a[:, sl] - det.numpy()[:, sl], axis=-1).mean())  # noqa: E731
     return {"dist_frames": len(ok), "dist_track_68": d(tracked, slice(0, 68)), "dist_single_68": d(single, slice(0, 68)),
-            "dist_track_51": d(tracked, slice(17, 68)), "dist_single_51": d(single, slice(17, 68))}
+            "dist_track_51": d(tracked, slice(17, 68)), "dist_single_51": d(single, slice(17, 68)),
+            "dist_single_fixed_id_68": d(fixed, slice(0, 68))}
 
 
 # ------------------------------------------------------------------------------------------------------ part 3
