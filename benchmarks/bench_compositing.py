@@ -23,7 +23,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -40,15 +39,7 @@ from facerender.render.renderer import frame_face, render_face
 from morphable_models import load_ict, model_to_camera
 
 
-def median_ms(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
+from _timing import median_ms  # noqa: E402
 
 
 def synthetic_frame(size: int, seed: int = 0) -> torch.Tensor:

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -89,15 +87,7 @@ def make_chain(model, B: int, size: int, backend: str, shading: str = "vertex"):
     return fwd, fwd_bwd, sv
 
 
-def median_ms(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
+from _timing import median_ms  # noqa: E402
 
 
 def main(argv=None):
