@@ -74,15 +74,7 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def image_gradient(image: torch.Tensor, sigma: float = 0.8) -> torch.Tensor:
     """Smoothed central-difference gradient of ``image (B, H, W, C)`` -> ``(B, H, W, C, 2)`` (d/dx, d/dy per pixel)."""
-    x = image.permute(0, 3, 1, 2)
-    if sigma > 0:
-        r = max(1, int(math.ceil(2.5 * sigma)))
-        t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-        k = torch.exp(-0.5 * (t / sigma) ** 2)
-        k = k / k.sum()
-        C = x.shape[1]
-        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
-        x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+    x = (gaussian_blur(image, sigma) if sigma > 0 else image).permute(0, 3, 1, 2)
     xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
     gx = 0.5 * (xp[..., 1:-1, 2:] - xp[..., 1:-1, :-2])
     gy = 0.5 * (xp[..., 2:, 1:-1] - xp[..., :-2, 1:-1])
@@ -214,7 +206,6 @@ class PhotometricTerm(Term):
         m = self.model
         dt = self.image.dtype
         B, H, W, _ = self.image.shape
-        V = m.num_vertices
         verts = m.template.to(dt) + torch.einsum("bk,kvc->bvc", kin.coeffs, self.basis)  # (B, V, 3)
         Xc = kin.camera_points(verts)
         uv = kin.project(Xc)
