@@ -53,25 +53,39 @@ def matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
     return quaternion_to_axis_angle(q)
 
 
+_QUAT_CANDIDATES = {}
+
+
+def _quaternion_candidates(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(10, 16)``: Shepperd's candidate matrix ``(4, 4)`` = ``[1, R.flatten()] @ Q`` (rows: the candidate whose
+    diagonal entry is ``1 + R00 + R11 + R22``, ``1 + R00 - R11 - R22``, ...; one matrix product, few tensor ops)."""
+    key = (dtype, str(device))
+    if key not in _QUAT_CANDIDATES:
+        def e(*terms):  # terms: (sign, i, j) or (sign, None) for the constant 1
+            v = torch.zeros(10, dtype=torch.float64)
+            for sg, *ij in terms:
+                v[0 if ij[0] is None else 1 + 3 * ij[0] + ij[1]] += sg
+            return v
+        d0 = e((1, None), (1, 0, 0), (1, 1, 1), (1, 2, 2))
+        d1 = e((1, None), (1, 0, 0), (-1, 1, 1), (-1, 2, 2))
+        d2 = e((1, None), (-1, 0, 0), (1, 1, 1), (-1, 2, 2))
+        d3 = e((1, None), (-1, 0, 0), (-1, 1, 1), (1, 2, 2))
+        a21, a02, a10 = e((1, 2, 1), (-1, 1, 2)), e((1, 0, 2), (-1, 2, 0)), e((1, 1, 0), (-1, 0, 1))
+        s10, s02, s21 = e((1, 1, 0), (1, 0, 1)), e((1, 0, 2), (1, 2, 0)), e((1, 2, 1), (1, 1, 2))
+        rows = [[d0, a21, a02, a10], [a21, d1, s10, s02], [a02, s10, d2, s21], [a10, s02, s21, d3]]
+        Q = torch.stack([torch.stack(r, -1) for r in rows], -2)  # (10, 4, 4)
+        _QUAT_CANDIDATES[key] = Q.reshape(10, 16).to(dtype=dtype, device=device)
+    return _QUAT_CANDIDATES[key]
+
+
 def matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:
     """``(..., 3, 3) -> (..., 4)`` quaternion (w, x, y, z) with w >= 0 (Shepperd's method)."""
     if R.shape[-2:] != (3, 3):
         raise ShapeError(f"R must have shape (..., 3, 3), got {tuple(R.shape)}")
-    m = R
-    t0 = 1 + m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
-    t1 = 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2]
-    t2 = 1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2]
-    t3 = 1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]
-    cands = torch.stack(
-        [
-            torch.stack([t0, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-            torch.stack([m[..., 2, 1] - m[..., 1, 2], t1, m[..., 1, 0] + m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0]], -1),
-            torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] + m[..., 0, 1], t2, m[..., 2, 1] + m[..., 1, 2]], -1),
-            torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 2, 1] + m[..., 1, 2], t3], -1),
-        ],
-        dim=-2,
-    )  # (..., 4, 4)
-    diag = torch.stack([t0, t1, t2, t3], -1)
+    # the four candidate rows of Shepperd's method are fixed linear functions of [1, R_00, R_01, ..., R_22]
+    feat = torch.cat([torch.ones_like(R[..., :1, 0]), R.flatten(-2)], -1)  # (..., 10)
+    cands = (feat @ _quaternion_candidates(R.dtype, R.device)).unflatten(-1, (4, 4))  # (..., 4, 4)
+    diag = cands.diagonal(dim1=-2, dim2=-1)  # 1 + trace-like terms t0..t3
     best = diag.argmax(-1)
     q = torch.gather(cands, -2, best[..., None, None].expand(best.shape + (1, 4))).squeeze(-2)
     scale = 0.5 / torch.gather(diag, -1, best[..., None]).clamp_min(1e-12).sqrt()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from facerender.errors import FittingError, NoFaceError
-from facerender.fitting.energies import EnergyProblem, LandmarkTerm, PriorTerm, rodrigues_with_derivative
+from facerender.fitting.energies import EnergyProblem, LandmarkTerm, PriorTerm, Term, rodrigues_with_derivative
 from facerender.fitting.fit_image import FitConfig, fit_image
 from facerender.fitting.landmark_fit import LandmarkFitConfig, fit_landmarks, initial_pose
 from facerender.fitting.params import Block, ParameterLayout
@@ -37,14 +37,27 @@ def _pose(yaw_deg, pitch_deg=0.0, roll_deg=0.0, dtype=torch.float64):
     return matrix_to_axis_angle(euler_to_matrix(e))
 
 
-def test_rodrigues_derivative_matches_autodiff():
-    aa = torch.randn(6, 3, dtype=torch.float64)
-    aa[0] = 0
-    aa[1] = 1e-6
-    R, dR = rodrigues_with_derivative(aa)
-    ref = torch.func.vmap(torch.func.jacfwd(axis_angle_to_matrix))(aa)
-    assert torch.allclose(R, axis_angle_to_matrix(aa), atol=1e-12)
-    assert torch.allclose(dR, ref, atol=1e-9)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rodrigues_derivative_matches_autodiff(dtype):
+    """R and dR/dw from one feature product, at every scale: 0, the Taylor branch (below and above its threshold,
+    1e-3 / 3e-2 in t^2 for float64 / float32), ordinary and near-pi angles; float32 within its precision."""
+    g = torch.Generator().manual_seed(0)
+    dirs = torch.nn.functional.normalize(torch.randn(11, 3, generator=g, dtype=torch.float64), dim=-1)
+    angles = torch.tensor([0.0, 1e-9, 1e-6, 1e-3, 0.02, 0.031, 0.17, 0.18, 0.5, 2.0, 3.1], dtype=torch.float64)
+    aa = dirs * angles[:, None]
+    ref_R = axis_angle_to_matrix(aa)
+    # reference derivative: central differences of the exact float64 matrix (autodiff of axis_angle_to_matrix is
+    # itself a Taylor series at t^2 < 1e-8)
+    eps = 1e-6
+    ref = torch.stack([(axis_angle_to_matrix(aa + eps * e) - axis_angle_to_matrix(aa - eps * e)) / (2 * eps)
+                       for e in torch.eye(3, dtype=torch.float64)], -1)
+    R, dR = rodrigues_with_derivative(aa.to(dtype))
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    assert torch.allclose(R.double(), ref_R, atol=tol)
+    assert torch.allclose(dR.double(), ref, atol=1e-8 if dtype == torch.float64 else 1e-6)
+    if dtype == torch.float64:
+        auto = torch.func.vmap(torch.func.jacfwd(axis_angle_to_matrix))(aa[angles > 1e-3])
+        assert torch.allclose(dR[angles > 1e-3], auto, atol=1e-12)
 
 
 def test_sh_basis_derivative():
@@ -77,6 +90,82 @@ def test_landmark_jacobian_matches_autograd(model64):
     assert torch.allclose(J, Ja, atol=1e-10, rtol=1e-8)
     H, gvec, E = prob.normal_equations(x)
     assert torch.allclose(H, J.mT @ J, atol=1e-9) and torch.allclose(E, 0.5 * r.square().sum(1))
+
+
+@pytest.mark.parametrize("blocks", ["tracker", "identity_only", "focal_first"])
+def test_landmark_normal_equations_robust_any_layout(model64, blocks):
+    """The fused landmark Jacobian (every block's d X_cam as one slab, one projection) for the layouts the package
+    uses: the normal equations' gradient equals autograd of the robust (Huber) energy, J^T J the IRLS matrix of the
+    autograd Jacobian, and the diagonal prior terms (with a mean, as the tracker's temporal term) equal their dense
+    form."""
+    m = model64
+    B = 2
+    lays = {"tracker": [Block("rotation", 3), Block("translation", 3), Block("expression", 53, 0, 1),
+                        Block("sh", 27)],
+            "identity_only": [Block("rotation", 3), Block("translation", 3), Block("identity", 100)],
+            "focal_first": [Block("focal", 1), Block("expression", 53, 0, 1), Block("rotation", 3),
+                            Block("translation", 3)]}
+    lay = ParameterLayout(lays[blocks])
+    g = torch.Generator().manual_seed(5)
+    full = dict(rotation=torch.randn(B, 3, generator=g, dtype=torch.float64) * 0.3,
+                translation=torch.tensor([[1.0, -2.0, 60.0]] * B, dtype=torch.float64),
+                focal=torch.full((B, 1), 700.0, dtype=torch.float64),
+                identity=torch.randn(B, 100, generator=g, dtype=torch.float64),
+                expression=torch.rand(B, 53, generator=g, dtype=torch.float64) * 0.5,
+                sh=torch.randn(B, 27, generator=g, dtype=torch.float64))
+    x = lay.join(full)
+    fixed = {k: v for k, v in full.items() if k not in lay}
+    pp = torch.full((B, 2), 256.0, dtype=torch.float64)
+    targets = torch.rand(B, 68, 2, generator=g, dtype=torch.float64) * 200 + 150
+    conf = torch.rand(B, 68, generator=g, dtype=torch.float64)
+    term = LandmarkTerm(m, targets, conf, 1.0, sliding_contour=True, huber=0.1)
+    priors = [PriorTerm(k, 1e-3, torch.rand(n, generator=g, dtype=torch.float64) + 0.5,
+                        mean=torch.randn(1, n, generator=g, dtype=torch.float64))
+              for k, n in (("expression", 53), ("identity", 100), ("rotation", 3))]
+    prob = EnergyProblem(lay, [term] + priors, fixed, pp)
+    term.freeze_contour(prob.kinematics(x, False))
+    H, gvec, E = prob.normal_equations(x)
+    xg = x.clone().requires_grad_(True)
+    Ea = prob.energy(xg)
+    (ga,) = torch.autograd.grad(Ea.sum(), xg)
+    assert torch.allclose(E, Ea.detach(), rtol=1e-12)
+    assert torch.allclose(gvec, ga, atol=1e-10, rtol=1e-8)
+    # dense reference of J^T W J: the landmark rows' IRLS weights times the evaluate() Jacobian, priors dense
+    Hd = term.normal_equations(prob.kinematics(x, True))[0]
+    for t in priors:
+        Hd = Hd + Term.normal_equations(t, prob.kinematics(x, True))[0]
+    assert torch.allclose(H, Hd, atol=1e-10, rtol=1e-9)
+    assert torch.allclose(H, H.mT)
+    # without the robust loss, the point-major Jacobian of evaluate() is the autograd Jacobian of the residuals
+    plain = LandmarkTerm(m, targets, conf, 1.0, sliding_contour=True, huber=None)
+    prob2 = EnergyProblem(lay, [plain], fixed, pp)
+    plain.freeze_contour(prob2.kinematics(x, False))
+    r, J = prob2.jacobian(x)
+    Ja = torch.autograd.functional.jacobian(prob2.residuals, x)
+    Ja = torch.stack([Ja[b, :, b] for b in range(B)])
+    assert torch.allclose(J, Ja, atol=1e-9, rtol=1e-7)
+
+
+def test_project_landmarks_equals_residual_evaluation(model64):
+    """LandmarkTerm.project_landmarks (fresh contour correspondences, no residuals) gives the landmarks that a full
+    evaluation with an unfrozen contour gives."""
+    m = model64
+    lay = ParameterLayout([Block("rotation", 3), Block("translation", 3), Block("identity", 100),
+                           Block("expression", 53, 0, 1)])
+    g = torch.Generator().manual_seed(8)
+    for yaw in (-0.7, 0.0, 0.5):
+        vals = dict(rotation=torch.tensor([[0.1, yaw, 0.05]], dtype=torch.float64),
+                    translation=torch.tensor([[0.5, -1.0, 60.0]], dtype=torch.float64),
+                    identity=torch.randn(1, 100, generator=g, dtype=torch.float64),
+                    expression=torch.rand(1, 53, generator=g, dtype=torch.float64) * 0.3)
+        term = LandmarkTerm(m, torch.rand(1, 68, 2, generator=g, dtype=torch.float64) * 100 + 200, None, 1.0)
+        prob = EnergyProblem(lay, [term], {"focal": torch.tensor([[800.0]], dtype=torch.float64)},
+                             torch.tensor([[256.0, 256.0]], dtype=torch.float64))
+        x = lay.join(vals)
+        prob.residuals(x)
+        ref = term.last_uv.clone()
+        out = term.project_landmarks(prob.kinematics(x, False))
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-9)
 
 
 def test_photometric_gradient_matches_autograd(model64):

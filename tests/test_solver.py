@@ -205,6 +205,83 @@ def test_bounds_blendshape_weights_in_unit_interval(dtype):
     assert torch.equal(x0, torch.full((2, 8), 3.0, dtype=dtype))  # caller's tensor untouched
 
 
+@pytest.mark.parametrize("where", ["last", "middle"])
+def test_schur_bounded_step_equals_dense_rounds(where):
+    """With a large unbounded block and the bounds on one range (pose + identity | expression), the solver eliminates
+    the unbounded block (Schur complement) and refactors only the bounded one per active-set round: the same steps
+    as the dense rounds, so the same solution, which scipy's bounded least squares confirms."""
+    import facerender.fitting.solver as S
+
+    dtype = torch.float64
+    g = torch.Generator().manual_seed(11)
+    P, ne = 40, 12
+    A = torch.randn(2, 90, P, generator=g, dtype=dtype)
+    x_unc = torch.randn(2, P, generator=g, dtype=dtype)
+    b = (A @ x_unc.unsqueeze(-1)).squeeze(-1)
+    a0 = P - ne if where == "last" else 10
+    lo = torch.full((P,), -math.inf, dtype=dtype)
+    hi = torch.full((P,), math.inf, dtype=dtype)
+    lo[a0:a0 + ne], hi[a0:a0 + ne] = 0.0, 1.0
+    assert S._bound_split(lo.expand(2, P), hi.expand(2, P)) == (a0, a0 + ne)
+    cfg = GaussNewtonConfig(max_iterations=60, rtol=1e-14, linear_solver="cholesky")
+    x0 = torch.full((2, P), 0.5, dtype=dtype)
+    res = solve(linear_problem(A, b, lower=lo, upper=hi), x0, cfg)
+    orig = S._bound_split
+    try:
+        S._bound_split = lambda lo, hi: None  # dense active-set rounds
+        dense = solve(linear_problem(A, b, lower=lo, upper=hi), x0, cfg)
+    finally:
+        S._bound_split = orig
+    torch.testing.assert_close(res.params, dense.params, rtol=1e-9, atol=1e-9)
+    x = res.params
+    assert torch.all(x[:, a0:a0 + ne] >= 0) and torch.all(x[:, a0:a0 + ne] <= 1)
+    assert bool(((x[:, a0:a0 + ne] == 0) | (x[:, a0:a0 + ne] == 1)).any())  # some bounds are active
+    from scipy.optimize import lsq_linear
+
+    for i in range(2):
+        ref = lsq_linear(A[i].numpy(), b[i].numpy(), bounds=(lo.numpy(), hi.numpy()), tol=1e-14).x
+        np.testing.assert_allclose(x[i].numpy(), ref, atol=1e-7)
+    # one split step equals one dense step, round for round
+    lin = S._Lin(torch.zeros(2, dtype=dtype), torch.randn(2, P, generator=g, dtype=dtype),
+                 torch.ones(2, P, dtype=dtype), A.mT @ A, None, 1e-6)
+    lin.diag = lin.H.diagonal(dim1=-2, dim2=-1)
+    lin.D = lin.diag.clone()
+    lam = torch.full((2,), 1e-3, dtype=dtype)
+    xs = torch.rand(2, P, generator=g, dtype=dtype)
+    xs[:, a0:a0 + 3] = 0.0
+    frozen = S._frozen(xs, lin.g, lo.expand(2, P), hi.expand(2, P))
+    for rounds in (1, 2, 4):
+        h1 = S._solve_schur_bounded(lin, lam, -lin.g.masked_fill(frozen, 0), frozen, xs, lo.expand(2, P),
+                                    hi.expand(2, P), rounds, (a0, a0 + ne))
+        h2, _ = S._solve_cholesky_bounded(lin, lam, -lin.g.masked_fill(frozen, 0), frozen, xs, lo.expand(2, P),
+                                          hi.expand(2, P), 3, rounds)
+        torch.testing.assert_close(h1, h2, rtol=1e-9, atol=1e-9)
+
+
+def test_stop_on_model_decrease_saves_the_confirming_step():
+    """``stop_on_model_decrease`` stops when the model promises less than rtol * E: fewer linearisations, an energy
+    within rtol of the default rule's."""
+    dtype = torch.float64
+    t, y, _ = exp_data(dtype, "cpu")
+    y = y + 0.05 * torch.randn(y.shape, generator=torch.Generator().manual_seed(4), dtype=dtype)  # a noise floor
+    calls = {"n": 0}
+    base = exp_problem(t, y)
+
+    def jac(p):
+        calls["n"] += 1
+        return base.jacobian(p)
+
+    prob = LeastSquaresProblem(residuals=base.residuals, jacobian=jac)
+    x0 = torch.tensor(EXP_X0, dtype=dtype)
+    ref = solve(prob, x0, GaussNewtonConfig(rtol=1e-3, linear_solver="cholesky"))
+    n_ref = calls["n"]
+    calls["n"] = 0
+    res = solve(prob, x0, GaussNewtonConfig(rtol=1e-3, linear_solver="cholesky", stop_on_model_decrease=True))
+    assert calls["n"] < n_ref
+    assert res.status_names() == ["converged"] * 3
+    assert torch.all(res.energy <= ref.energy * (1 + 1e-3) + 1e-12)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Jacobians
 

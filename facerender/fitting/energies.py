@@ -29,36 +29,81 @@ from .params import ParameterLayout
 def rodrigues_with_derivative(aa: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Rotation matrices ``R (B, 3, 3)`` and their derivatives ``dR/d aa_k`` as ``(B, 3, 3, 3)`` (last = k).
 
-    Differentiates Rodrigues' formula ``R = I + a K + b K^2`` (``K = [w]x``, ``a = sin t / t``,
-    ``b = (1 - cos t) / t^2``) in closed form: ``dR/dw_k = a' w_k/t K + a E_k + b' w_k/t K^2 + b (E_k K + K E_k)``
-    with ``E_k = [e_k]x``; Taylor series near ``t = 0``.
+    Rodrigues' formula in the form ``R = cos t I + a K + b w w^T`` (``K = [w]x``, ``t = |w|``, ``a = sin t / t``,
+    ``b = (1 - cos t) / t^2``; equal to ``I + a K + b K^2`` since ``K^2 = w w^T - t^2 I``), differentiated in
+    closed form: ``dR/dw_k = w_k (-a I + a' K + b' w w^T) + a E_k + b (e_k w^T + w e_k^T)`` with
+    ``a' = (da/dt)/t``, ``b' = (db/dt)/t`` and ``E_k = [e_k]x``; Taylor series near ``t = 0``.
+
+    Every entry of ``R`` and ``dR`` is a fixed linear combination of the 53 features
+    ``[cos t, a, a w, b w, b w w^T, a' w w^T, b' w w w]``, so both come out of ONE matrix product with a constant
+    ``(53, 36)`` matrix: about 25 tensor operations instead of 60 (this runs once per solver iteration, where the
+    per-operation overhead dominates a landmark fit).
     """
     B = aa.shape[0]
-    t2 = (aa * aa).sum(-1)
-    small = t2 < 1e-8
-    t2s = torch.where(small, torch.ones_like(t2), t2)
+    t2 = (aa * aa).sum(-1, keepdim=True)  # (B, 1)
+    # cos t and sin t / t are exact from their closed forms; (1 - cos t) / t^2, a' and b' lose digits to
+    # cancellation (eps / t^2) for small t: second-order Taylor series there (truncation ~1e-5 t^6)
+    consts = _rotation_constants(aa.dtype, aa.device)
+    t2s = torch.where(t2 < _TINY, torch.ones_like(t2), t2)
     t = t2s.sqrt()
     s, c = torch.sin(t), torch.cos(t)
-    a = torch.where(small, 1 - t2 / 6, s / t)
-    b = torch.where(small, 0.5 - t2 / 24, (1 - c) / t2s)
-    # (da/dt)/t and (db/dt)/t
-    da = torch.where(small, -1.0 / 3 + t2 / 30, (c - a) / t2s)
-    db = torch.where(small, -1.0 / 12 + t2 / 180, (a - 2 * b) / t2s)
-    K = skew(aa)
-    K2 = K @ K
-    E = _SKEW_BASIS.to(aa)  # (k, 3, 3)
-    EK = E[None] @ K[:, None]  # (B, k, 3, 3)
-    dR = ((da[:, None] * aa)[..., None, None] * K[:, None] + a[:, None, None, None] * E[None]
-          + (db[:, None] * aa)[..., None, None] * K2[:, None] + b[:, None, None, None] * (EK + EK.transpose(-1, -2)))
-    eye = torch.eye(3, dtype=aa.dtype, device=aa.device)
-    R = eye + a[:, None, None] * K + b[:, None, None] * K2
-    return R, dR.permute(0, 2, 3, 1)
+    a = s / t
+    b = (1 - c) / t2s
+    big = torch.cat([c, a, b, (c - a) / t2s, (a - 2 * b) / t2s], 1)
+    T = consts["taylor"]
+    taylor = T[0] + t2 * (T[1] + t2 * T[2])  # cos t, a, b, a', b'
+    small = t2 < consts["taylor_below"]  # per column (cos t and a: only at t = 0)
+    coef = torch.where(small, taylor, big)  # (B, 5)
+    ww = (aa.unsqueeze(-1) * aa.unsqueeze(-2)).view(B, 9)
+    www = (ww.unsqueeze(-1) * aa.unsqueeze(-2)).view(B, 27)
+    ca, cb, cda, cdb = coef[:, 1:2], coef[:, 2:3], coef[:, 3:4], coef[:, 4:5]
+    phi = torch.cat([coef[:, :2], ca * aa, cb * aa, cb * ww, cda * ww, cdb * www], 1)  # (B, 53)
+    out = phi @ consts["features"]  # (B, 36)
+    return out[:, :9].view(B, 3, 3), out[:, 9:].view(B, 3, 3, 3)
 
 
-# [e_k]x for k = 0, 1, 2 (note [e_k]x [w]x + ([e_k]x [w]x)^T = E_k K + K E_k since both are skew)
+# Taylor coefficients (orders 0, 1, 2 in t^2) of [cos t, sin t / t, (1 - cos t) / t^2, a', b']
+_TAYLOR = torch.tensor([[1.0, 1.0, 0.5, -1.0 / 3, -1.0 / 12],
+                        [-0.5, -1.0 / 6, -1.0 / 24, 1.0 / 30, 1.0 / 180],
+                        [1.0 / 24, 1.0 / 120, 1.0 / 720, -1.0 / 840, -1.0 / 6720]], dtype=torch.float64)
+_TINY = 1e-20
 _SKEW_BASIS = torch.tensor([[[0, 0, 0], [0, 0, -1], [0, 1, 0]],
                             [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],
-                            [[0, -1, 0], [1, 0, 0], [0, 0, 0]]], dtype=torch.float64)
+                            [[0, -1, 0], [1, 0, 0], [0, 0, 0]]], dtype=torch.float64)  # [e_k]x for k = 0, 1, 2
+_CONSTANTS: Dict[tuple, Dict[str, torch.Tensor]] = {}
+
+
+def _rodrigues_feature_matrix() -> torch.Tensor:
+    """``(53, 36)``: ``[R (9) | dR (27, order i, j, k)] = features @ C`` (see :func:`rodrigues_with_derivative`)."""
+    E = _SKEW_BASIS  # E[m, i, j] = ([e_m]x)_ij, so ([w]x)_ij = sum_m w_m E[m, i, j]
+    I = torch.eye(3, dtype=torch.float64)
+    C = torch.zeros(53, 36, dtype=torch.float64)
+    R, dR = C[:, :9].view(53, 3, 3), C[:, 9:].view(53, 3, 3, 3)
+    # features: 0 cos t | 1 a | 2:5 a w_m | 5:8 b w_m | 8:17 b w_m w_n | 17:26 a' w_m w_n | 26:53 b' w_m w_n w_p
+    R[0] += I
+    R[2:5] += E  # a [w]x
+    R[8:17] += torch.einsum("mi,nj->mnij", I, I).reshape(9, 3, 3)  # b w_i w_j
+    # dR_ijk = -a w_k d_ij + a' w_k [w]x_ij + b' w_i w_j w_k + a E[k, i, j] + b (d_ik w_j + w_i d_jk)
+    dR[2:5] -= torch.einsum("ij,mk->mijk", I, I)
+    dR[17:26] += torch.einsum("mij,nk->mnijk", E, I).reshape(9, 3, 3, 3)
+    dR[26:53] += torch.einsum("mi,nj,pk->mnpijk", I, I, I).reshape(27, 3, 3, 3)
+    dR[1] += E.permute(1, 2, 0)
+    dR[5:8] += torch.einsum("ik,mj->mijk", I, I) + torch.einsum("mi,jk->mijk", I, I)
+    return C
+
+
+def _rotation_constants(dtype: torch.dtype, device: torch.device) -> Dict[str, torch.Tensor]:
+    """Constant tensors of :func:`rodrigues_with_derivative` and :class:`Kinematics`, per dtype and device."""
+    key = (dtype, str(device))
+    out = _CONSTANTS.get(key)
+    if out is None:
+        thr = 1e-3 if dtype == torch.float64 else 3e-2  # where cancellation (eps / t^2) exceeds truncation
+        out = {"features": _rodrigues_feature_matrix(), "eye": torch.eye(3, dtype=torch.float64),
+               "flip": torch.tensor(AXIS_FLIP, dtype=torch.float64).reshape(3, 1), "taylor": _TAYLOR,
+               "taylor_below": torch.tensor([_TINY, _TINY, thr, thr, thr], dtype=torch.float64)}
+        out = {k: v.to(dtype=dtype, device=device) for k, v in out.items()}
+        _CONSTANTS[key] = out
+    return out
 
 
 class Kinematics:
@@ -82,8 +127,8 @@ class Kinematics:
         if need_jacobian:
             self.R, self.dR = rodrigues_with_derivative(self.p["rotation"])
         else:
-            self.R, self.dR = axis_angle_to_matrix(self.p["rotation"]), None
-        self.flip = torch.tensor(AXIS_FLIP, dtype=x.dtype, device=x.device).reshape(3, 1)
+            self.R, self.dR = rodrigues_with_derivative(self.p["rotation"])[0], None  # fewer ops than axis_angle_to_matrix
+        self.flip = _rotation_constants(x.dtype, x.device)["flip"]
         self.M = self.R * self.flip  # F R
         self.t = self.p["translation"]
         self.focal = self.p["focal"].reshape(-1)
@@ -152,7 +197,8 @@ class Term:
         raise NotImplementedError  # pragma: no cover - abstract
 
     def normal_equations(self, kin: Kinematics) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(J^T J (B, P, P), J^T r (B, P), 0.5 ||r||^2 (B,))`` of this term."""
+        """``(J^T J (B, P, P), J^T r (B, P), 0.5 ||r||^2 (B,))`` of this term: fresh tensors (the caller may add to
+        them in place)."""
         r, J = self.evaluate(kin)
         return J.mT @ J, (J.mT @ r.unsqueeze(-1)).squeeze(-1), 0.5 * r.square().sum(1)
 
@@ -194,6 +240,7 @@ class PriorTerm(Term):
         self.sqrt_w = math.sqrt(weight)
         self.sigma = sigma
         self.mean = mean
+        self._diag = None
 
     def evaluate(self, kin: Kinematics):
         lay = kin.layout
@@ -212,21 +259,30 @@ class PriorTerm(Term):
         J[:, s] = torch.diag((self.sqrt_w / self.sigma).expand(n))
         return r, J.expand(kin.B, n, lay.P)
 
+    def diagonal_normal_equations(self, kin: Kinematics):
+        """``(diag(J^T J) (size,) or None, slice, J^T r (B, size), 0.5 ||r||^2 (B,))``: the term's normal equations
+        are diagonal, so :class:`EnergyProblem` adds them to the dense system's diagonal without a ``(P, P)`` matrix."""
+        if self.block not in kin.layout:  # a fixed block has no residuals (as in evaluate)
+            return None, None, None, kin.x.new_zeros(kin.B)
+        v = kin.p[self.block]
+        if self.mean is not None:
+            v = v - self.mean
+        d = self._diag
+        if d is None or d.dtype != v.dtype or d.device != v.device:
+            d = self._diag = ((self.sqrt_w / self.sigma) ** 2).to(v).expand(v.shape[1]).contiguous()
+        dv = d * v
+        return d, kin.layout.slices[self.block], dv, 0.5 * (dv * v).sum(1)
+
     def normal_equations(self, kin: Kinematics):
         lay = kin.layout
         B, P = kin.B, lay.P
         H = kin.x.new_zeros(B, P, P)
         g = kin.x.new_zeros(B, P)
-        v = kin.p[self.block]
-        if self.mean is not None:
-            v = v - self.mean
-        d = (self.sqrt_w / self.sigma) ** 2  # diagonal of J^T J
-        if self.block not in lay:
-            return H, g, 0.5 * (d * v * v).sum(1)
-        s = lay.slices[self.block]
-        H[:, s, s] = torch.diag_embed(d.expand(B, v.shape[1]))
-        g[:, s] = d * v
-        return H, g, 0.5 * (d * v * v).sum(1)
+        d, s, dv, E = self.diagonal_normal_equations(kin)
+        if d is not None:
+            H[:, s, s] = torch.diag_embed(d.expand(B, dv.shape[1]))
+            g[:, s] = dv
+        return H, g, E
 
 
 def contour_candidate_lines(model: LinearFaceModel, band: float = 0.3, min_abs_x: float = 0.6,
@@ -344,6 +400,8 @@ class LandmarkTerm(Term):
         self.sqrt_w = math.sqrt(weight / self.L)
         self.huber = huber
         self.frozen_contour = None
+        self._fixed_rows = None  # cached coordinate-major rows (see _rows)
+        self._tgt_t = None
         self._allowed = None
         self.last_uv: Optional[torch.Tensor] = None
 
@@ -371,21 +429,33 @@ class LandmarkTerm(Term):
 
     def points(self, kin: Kinematics):
         """Model points ``(B, L, 3)`` and their basis rows ``(B, L, 3, K)`` (contour correspondences resolved)."""
-        B, L = kin.B, self.L
-        c = kin.coeffs
-        if not self.sliding:
-            Bs = self.basis[:L].unsqueeze(0)
-            return self.template[:L] + torch.einsum("nck,bk->bnc", self.basis[:L], c), Bs
-        if self.frozen_contour is not None:
-            ia, ib, tt = self.frozen_contour
-        else:
-            ia, ib, tt = self.contour(kin)
+        T, Bc = self._rows(kin)
+        X = T + (Bc.flatten(1, 2) @ kin.coeffs.unsqueeze(-1)).view(kin.B, 3, self.L)
+        return X.transpose(1, 2), Bc.permute(0, 2, 1, 3)
+
+    def _assemble(self, ia: torch.Tensor, ib: torch.Tensor, tt: torch.Tensor):
+        """Template ``(B, 3, L)`` and basis ``(B, 3, L, K)`` rows, coordinate-major, for contour rows ia/ib/t."""
+        B, L = ia.shape[0], self.L
         wa = (1 - tt)[..., None]
         T_j = wa * self.template[ia] + (1 - wa) * self.template[ib]
         Bs_j = wa[..., None] * self.basis[ia] + (1 - wa[..., None]) * self.basis[ib]
         T = torch.cat([T_j, self.template[17:L].expand(B, -1, -1)], 1)
         Bs = torch.cat([Bs_j, self.basis[17:L].expand(B, -1, -1, -1)], 1)
-        return T + (Bs @ c[:, None, :, None]).squeeze(-1), Bs
+        return T.transpose(1, 2).contiguous(), Bs.permute(0, 2, 1, 3).contiguous()
+
+    def _rows(self, kin: Kinematics):
+        """``(T (B|1, 3, L), B (B|1, 3, L, K))``: the landmark rows in coordinate-major order (one matrix product per
+        evaluation: ``X = T + B c``). Fixed for the non-sliding term and while the contour is frozen (cached)."""
+        if not self.sliding:
+            if self._fixed_rows is None:
+                self._fixed_rows = (self.template[:self.L].T.unsqueeze(0).contiguous(),
+                                    self.basis[:self.L].permute(1, 0, 2).unsqueeze(0).contiguous())
+            return self._fixed_rows
+        if self.frozen_contour is not None:
+            if self._fixed_rows is None:
+                self._fixed_rows = self._assemble(*self.frozen_contour)
+            return self._fixed_rows
+        return self._assemble(*self.contour(kin))
 
     def freeze_contour(self, kin: Optional[Kinematics]) -> bool:
         """Hold the contour correspondences of the parameters in ``kin`` fixed (None: let them slide again at every
@@ -393,19 +463,27 @@ class LandmarkTerm(Term):
         solve keeps the energy smooth (ICP style); the caller re-freezes between solves."""
         if kin is None or not self.sliding:
             self.frozen_contour = None
+            if self.sliding:
+                self._fixed_rows = None
             return False
         new = self.contour(kin)
         old = self.frozen_contour
         self.frozen_contour = new
+        self._fixed_rows = None
         return old is None or not (torch.equal(old[0], new[0]) and torch.equal(old[1], new[1]))
 
     def contour(self, kin: Kinematics):
         """Row indices ``ia, ib (B, 17)`` and weights ``t`` of the 17 contour correspondences at ``kin``'s params."""
+        return self._contour(kin)[:3]
+
+    def _contour(self, kin: Kinematics):
+        """:meth:`contour` and the camera-space points of all rows ``(B, L + Npool, 3)``."""
         B, L = kin.B, self.L
         c = kin.coeffs
         with torch.no_grad():
-            Xp = self.template[L:] + torch.einsum("nck,bk->bnc", self.basis[L:], c)
-            uvp = kin.project(kin.camera_points(Xp))  # (B, Npool, 2)
+            N, K = self.basis.shape[0], self.basis.shape[-1]
+            Xc = kin.camera_points(self.template + (c @ self.basis.view(N * 3, K).T).view(-1, N, 3))
+            uvp = kin.project(Xc[:, L:])  # (B, Npool, 2)
             # dynamic contour: on each candidate line, the point furthest out along the head's projected x-axis
             # (towards the line's side) lies on the occluding contour
             axis = torch.nn.functional.normalize(kin.M[:, :2, 0], dim=-1)  # (B, 2) model +x in the image
@@ -418,35 +496,112 @@ class LandmarkTerm(Term):
             self.last_contour = chosen
         ia = L + torch.gather(chosen, 1, seg)
         ib = L + torch.gather(chosen, 1, seg + 1)
-        return ia, ib, tt
+        return ia, ib, tt, Xc
+
+    @torch.no_grad()
+    def project_landmarks(self, kin: Kinematics) -> torch.Tensor:
+        """The 68 projected model landmarks ``(B, 68, 2)`` at ``kin``'s parameters with freshly chosen contour
+        correspondences (what :meth:`evaluate` gives after ``freeze_contour(None)``, without the residuals); also
+        stored in ``last_uv``."""
+        if not self.sliding:
+            X, _ = self.points(kin)
+            self.last_uv = kin.project(kin.camera_points(X))
+            return self.last_uv
+        ia, ib, tt, Xc = self._contour(kin)
+        idx = torch.cat([ia, ib], 1)
+        Xab = torch.gather(Xc, 1, idx.unsqueeze(-1).expand(-1, -1, 3))
+        t = tt.unsqueeze(-1)
+        Xj = torch.lerp(Xab[:, :17], Xab[:, 17:], t)
+        self.last_uv = kin.project(torch.cat([Xj, Xc[:, 17:self.L]], 1))
+        return self.last_uv
+
+    def _evaluate(self, kin: Kinematics):
+        """Residuals and (IRLS-weighted) Jacobian in coordinate-major row order ``(B, 2, L[, P])``.
+
+        The Jacobian of a projected point ``u_r = f X_r / Z + pp_r`` (r = x, y) is ``f/Z (dX_r - u'_r dZ)`` with
+        ``u'_r = X_r / Z``: every parameter block supplies ``d X_cam / d theta`` as a ``(B, 3, L, size)`` slab
+        (rotation ``d(F R)/dw X``, translation ``I``, coefficients ``F R B``, focal ``X / f`` in the image rows), and
+        one fused expression projects them all. Few, large tensor operations: this runs once per solver iteration
+        and dominates a landmark fit (docs/fitting.md, speed).
+        """
+        B, L = kin.B, self.L
+        T, Bc = self._rows(kin)
+        M, t = kin.M, kin.t
+        c = kin.coeffs
+        X = T + (Bc.flatten(1, 2) @ c.unsqueeze(-1)).view(-1, 3, L)  # (B, 3, L) model space
+        Xc = M @ X + t.unsqueeze(-1)  # (B, 3, L) camera space
+        z = Xc[:, 2:3].clamp_min(1e-6)
+        q = Xc[:, :2] / z  # (B, 2, L)
+        f = kin.focal.view(B, 1, 1)
+        uv = q * f + kin.pp.unsqueeze(-1)
+        self.last_uv = uv.detach().transpose(1, 2)
+        if self._tgt_t is None:
+            self._tgt_t = self.targets.transpose(1, 2).contiguous()
+            self._w = (self.sqrt_w * self.conf.sqrt() / self.scale[:, None]).unsqueeze(1)  # (B, 1, L)
+            if self.huber is not None:
+                self._cth = self._w * (self.scale.view(-1, 1, 1) * self.huber)  # threshold on |d|
+        w = self._w
+        d = w * (uv - self._tgt_t)  # (B, 2, L)
+        if self.huber is None:
+            r, omega = d, None
+        else:
+            # Huber on each point's normalised error (threshold ``huber`` eye-corner distances), see
+            # robust_point_residuals: r is the square-root residual, omega the IRLS weight
+            n = (d * d).sum(1, keepdim=True).clamp_min(1e-30).sqrt()
+            omega = (self._cth / n).clamp(max=1.0)  # 1 inside the threshold, c / n beyond
+            # sqrt(phi / n^2) = sqrt(2 c / n - c^2 / n^2) = sqrt(omega (2 - omega))
+            r = d * (omega * (2 - omega)).sqrt()
+        if not kin.need_jacobian:
+            return r, None, None
+        lay = kin.layout
+        sw = w if omega is None else omega.sqrt() * w  # (B, 1, L)
+        rw = d if omega is None else omega.sqrt() * d
+        slabs = []
+        for blk in lay.blocks:
+            name = blk.name
+            if name == "rotation":
+                dRf = kin.dR * self.flip_k(kin)  # d(F R)/dw_k  (B, 3, 3, k)
+                slabs.append(torch.einsum("bijk,bjn->bink", dRf, X))
+            elif name == "translation":
+                slabs.append(self._eye_slab(kin, L))
+            elif name == "identity":
+                if "expression" in lay and lay.slices["expression"].start == lay.slices["identity"].stop:
+                    continue  # both in one product below
+                slabs.append((M @ Bc[..., :kin.K_id].flatten(2)).view(-1, 3, L, kin.K_id))
+            elif name == "expression":
+                K = Bc.shape[-1]
+                if "identity" in lay and lay.slices["expression"].start == lay.slices["identity"].stop:
+                    slabs.append((M @ Bc.flatten(2)).view(-1, 3, L, K))
+                else:
+                    slabs.append((M @ Bc[..., kin.K_id:].flatten(2)).view(-1, 3, L, K - kin.K_id))
+            elif name == "focal":
+                slabs.append(torch.cat([Xc[:, :2] / kin.focal.view(B, 1, 1), torch.zeros_like(Xc[:, 2:])],
+                                       1).unsqueeze(-1))
+            else:  # blocks that do not move the points (sh)
+                slabs.append(Xc.new_zeros(B, 3, L, blk.size))
+        D = torch.cat([sl.expand(B, -1, -1, -1) for sl in slabs], -1) if len(slabs) > 1 else slabs[0].expand(B, -1, -1, -1)
+        J = (sw * f / z).unsqueeze(-1) * (D[:, :2] - q.unsqueeze(-1) * D[:, 2:3])  # (B, 2, L, P)
+        return r, J.reshape(B, 2 * L, lay.P), rw.reshape(B, 2 * L)
+
+    @staticmethod
+    def flip_k(kin: Kinematics) -> torch.Tensor:
+        return kin.flip.view(1, 3, 1, 1)
+
+    @staticmethod
+    def _eye_slab(kin: Kinematics, L: int) -> torch.Tensor:
+        return _rotation_constants(kin.x.dtype, kin.x.device)["eye"].view(1, 3, 1, 3).expand(1, 3, L, 3)
 
     def evaluate(self, kin: Kinematics):
-        X, Bs = self.points(kin)
-        Xc = kin.camera_points(X)
-        uv = kin.project(Xc)
-        self.last_uv = uv.detach()
-        B = kin.B
-        w = self.sqrt_w * self.conf.sqrt()[..., None] / self.scale[:, None, None]  # (B, L, 1)
-        d = w * (uv - self.targets)
-        # Huber on each point's normalised error (threshold ``huber`` eye-corner distances), see
-        # robust_point_residuals: r is the square-root residual, omega the IRLS weight
-        r, omega = robust_point_residuals(d, "huber" if self.huber is not None else None,
-                                          None if self.huber is None else w * self.scale[:, None, None] * self.huber)
-        r = r.reshape(B, -1)
-        if not kin.need_jacobian:
+        r, J, _ = self._evaluate(kin)
+        B, L = kin.B, self.L
+        r = r.transpose(1, 2).reshape(B, -1)  # point-major: (x0, y0, x1, y1, ...)
+        if J is None:
             return r, None
-        sw = omega.sqrt() * w  # (B, L, 1)
-        Jp = kin.projection_jacobian(Xc) * sw[..., None]
-        J = kin.image_jacobian(X, Xc, Bs, Jp)
-        if "focal" in kin.layout:
-            z = Xc[..., 2:3].clamp_min(1e-6)
-            J[..., kin.layout.slices["focal"]] = (sw * Xc[..., :2] / z)[..., None]
-        self._rw = (omega.sqrt() * d.detach()).reshape(B, -1)  # J^T rw is the exact gradient
-        return r, J.reshape(B, -1, kin.layout.P)
+        return r, J.view(B, 2, L, -1).transpose(1, 2).reshape(B, 2 * L, -1)
 
     def normal_equations(self, kin: Kinematics):
-        r, J = self.evaluate(kin)
-        return J.mT @ J, (J.mT @ self._rw.unsqueeze(-1)).squeeze(-1), 0.5 * r.square().sum(1)
+        r, J, rw = self._evaluate(kin)  # row order does not matter for J^T J and J^T r
+        return J.mT @ J, (J.mT @ rw.unsqueeze(-1)).squeeze(-1), 0.5 * r.square().flatten(1).sum(1)
 
 
 class EnergyProblem:
@@ -476,10 +631,26 @@ class EnergyProblem:
     def normal_equations(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(J^T J, J^T r, 0.5 ||r||^2)`` summed over the terms (priors add their diagonal directly)."""
         kin = self.kinematics(x, True)
-        H, g, E = self.terms[0].normal_equations(kin)
-        for t in self.terms[1:]:
-            h2, g2, e2 = t.normal_equations(kin)
-            H, g, E = H + h2, g + g2, E + e2
+        dense = [t for t in self.terms if not hasattr(t, "diagonal_normal_equations")]
+        if not dense:
+            H, g, E = self.terms[0].normal_equations(kin)
+            rest = self.terms[1:]
+        else:
+            H, g, E = dense[0].normal_equations(kin)
+            for t in dense[1:]:
+                h2, g2, e2 = t.normal_equations(kin)
+                H, g, E = H + h2, g + g2, E + e2
+            rest = [t for t in self.terms if hasattr(t, "diagonal_normal_equations")]
+        if rest:
+            H = H if H.is_contiguous() else H.clone()  # terms return fresh tensors (Term.normal_equations)
+            Hd = H.diagonal(dim1=-2, dim2=-1)
+            g = g if g.is_contiguous() else g.clone()
+            for t in rest:
+                d, s, dv, e2 = t.diagonal_normal_equations(kin)
+                E = E + e2
+                if d is not None:
+                    Hd[:, s] += d
+                    g[:, s] += dv
         return H, g, E
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:

@@ -67,8 +67,8 @@ class LandmarkFitConfig:
     rigid_iterations: int = 0
     max_iterations: int = 8
     contour_rounds: int = 1
-    rtol: float = 1e-3
-    bound_rounds: int = 4
+    rtol: float = 3e-3
+    bound_rounds: int = 3
 
 
 @dataclass
@@ -249,7 +249,8 @@ def fit_landmarks(
                 LeastSquaresProblem(normal_equations=problem.normal_equations, lower=lo,
                                     upper=hi),
                 x0, GaussNewtonConfig(max_iterations=iterations, rtol=cfg.rtol, linear_solver="cholesky",
-                                      check_rank=False, bound_rounds=cfg.bound_rounds), damping=damping)
+                                      check_rank=False, bound_rounds=cfg.bound_rounds,
+                                      stop_on_model_decrease=True), damping=damping)
             damping = res.damping
             values = {**values, **layout.split(res.params)}
             histories.append(res.energy_history)
@@ -275,8 +276,7 @@ def fit_landmarks(
     layout = ParameterLayout(blocks)
     problem = EnergyProblem(layout, [term], {k: v for k, v in values.items() if k not in layout}, pp)
     term.freeze_contour(None)
-    with torch.no_grad():
-        problem.residuals(layout.join(values))
+    term.project_landmarks(problem.kinematics(layout.join(values), False))
     return LandmarkFitResult(
         rotation=values["rotation"], translation=values["translation"], identity=values["identity"],
         expression=values["expression"], focal=values["focal"].reshape(-1), principal_point=pp,

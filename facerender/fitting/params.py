@@ -67,10 +67,7 @@ class ParameterLayout:
 
     def bounds(self, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Lower and upper bounds ``(P,)`` with the dtype/device of ``like``."""
-        lo = torch.empty(self.P, dtype=like.dtype, device=like.device)
-        hi = torch.empty_like(lo)
-        for b in self.blocks:
-            s = self.slices[b.name]
-            lo[s] = b.lower
-            hi[s] = b.upper
-        return lo, hi
+        lo_hi = [[b.lower for b in self.blocks for _ in range(b.size)],
+                 [b.upper for b in self.blocks for _ in range(b.size)]]
+        out = torch.tensor(lo_hi, dtype=like.dtype, device=like.device).reshape(2, self.P)
+        return out[0].clone(), out[1].clone()
