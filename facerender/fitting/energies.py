@@ -12,15 +12,13 @@ the term's own projection / shading derivatives. No autodiff is involved (tests 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from morphable_models import LinearFaceModel
 from morphable_models.geometry import AXIS_FLIP
-from morphable_models.rotation import axis_angle_to_matrix, skew
 
 from ..errors import FittingError
 from .params import ParameterLayout
