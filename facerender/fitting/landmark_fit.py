@@ -46,7 +46,8 @@ class LandmarkFitConfig:
         sliding_contour: slide the 17 jawline correspondences along ICT's extended jawline.
         fit_identity, fit_expression, fit_focal: which sets are free.
         focal: focal length in pixels (None: ``focal_factor * max(H, W)``).
-        rigid_iterations, max_iterations, rtol: solver budget per solve and the relative-decrease stopping rule.
+        rigid_iterations, max_iterations, rtol: solver budget per solve and the relative-decrease stopping rule
+            (the solver also stops when its model promises less than ``rtol * E``: ``stop_on_model_decrease``).
         bound_rounds: active-set rounds per LM step for the [0, 1] expression bounds (see the solver).
         contour_rounds: solves per stage; the jawline correspondences are re-chosen between solves (stops early
             when they no longer change).
