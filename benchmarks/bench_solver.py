@@ -29,6 +29,7 @@ from typing import Tuple
 
 import torch
 
+from _timing import wall_times
 from facerender.fitting.solver import (AdamConfig, GaussNewtonConfig, LeastSquaresProblem, jacobian_autodiff,
                                        solve)
 
@@ -173,13 +174,7 @@ def median_time(fn, repeats: int, warmup: int = 2) -> Tuple[float, float]:
     The minimum is printed next to the median: on a shared machine it shows what the code costs without
     interference from other processes (2-thread BLAS calls stall when another process holds a core).
     """
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
+    ts = wall_times(fn, repeats, warmup)
     return statistics.median(ts), min(ts)
 
 

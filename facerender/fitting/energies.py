@@ -125,7 +125,8 @@ class Kinematics:
         if need_jacobian:
             self.R, self.dR = rodrigues_with_derivative(self.p["rotation"])
         else:
-            self.R, self.dR = rodrigues_with_derivative(self.p["rotation"])[0], None  # fewer ops than axis_angle_to_matrix
+            # R alone: the same feature product (fewer tensor ops than axis_angle_to_matrix)
+            self.R, self.dR = rodrigues_with_derivative(self.p["rotation"])[0], None
         self.flip = _rotation_constants(x.dtype, x.device)["flip"]
         self.M = self.R * self.flip  # F R
         self.t = self.p["translation"]
@@ -577,7 +578,8 @@ class LandmarkTerm(Term):
                                        1).unsqueeze(-1))
             else:  # blocks that do not move the points (sh)
                 slabs.append(Xc.new_zeros(B, 3, L, blk.size))
-        D = torch.cat([sl.expand(B, -1, -1, -1) for sl in slabs], -1) if len(slabs) > 1 else slabs[0].expand(B, -1, -1, -1)
+        slabs = [sl.expand(B, -1, -1, -1) for sl in slabs]
+        D = torch.cat(slabs, -1) if len(slabs) > 1 else slabs[0]
         J = (sw * f / z).unsqueeze(-1) * (D[:, :2] - q.unsqueeze(-1) * D[:, 2:3])  # (B, 2, L, P)
         return r, J.reshape(B, 2 * L, lay.P), rw.reshape(B, 2 * L)
 

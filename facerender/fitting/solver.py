@@ -738,8 +738,8 @@ def _solve_cholesky(lin: _Lin, lam: Tensor, rhs: Tensor, keep: Optional[Tensor],
     ``1e-7, 1e-5, 1e-3 ... x max|diag|`` (``retries`` times), then least squares; their damping is left alone.
     """
     A = _damped(lin.H, lin.D, lam, keep, frozen)
-    L, info = _chol_upper(A)
-    h = _cho_solve(L, rhs)
+    U, info = _chol_upper(A)
+    h = _cho_solve(U, rhs)
     if not bool(info.any()):
         return h, None
     idx = (info != 0).nonzero().flatten()
@@ -752,9 +752,9 @@ def _solve_cholesky(lin: _Lin, lam: Tensor, rhs: Tensor, keep: Optional[Tensor],
     eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     for k in range(retries):
         jitter = (1e-7 * 100.0 ** k) * scale
-        L_b, info_b = _chol_upper(A_b + jitter.view(-1, 1, 1) * eye)
+        U_b, info_b = _chol_upper(A_b + jitter.view(-1, 1, 1) * eye)
         fixed = todo & (info_b == 0)
-        h_b = torch.where(fixed.unsqueeze(-1), _cho_solve(L_b, rhs_b), h_b)
+        h_b = torch.where(fixed.unsqueeze(-1), _cho_solve(U_b, rhs_b), h_b)
         todo = todo & ~fixed
         if not bool(todo.any()):
             break
