@@ -125,7 +125,10 @@ def initial_pose(model: LinearFaceModel, targets: torch.Tensor, focal: torch.Ten
     B = targets.shape[0]
     dt = targets.dtype
     ids = torch.as_tensor(model.landmarks["ibug68"].vertex_index[_RIGID_POINTS], device=targets.device)
-    X = model.template[ids].to(dt)
+    key = ("rigid_template_rows", dt, str(targets.device), model.template.data_ptr())
+    if key not in model.extra:
+        model.extra[key] = model.template[ids].to(dt)
+    X = model.extra[key]
     if identity is not None:
         V = model.num_vertices
         X = X + torch.einsum("bk,knc->bnc", identity, model.identity_basis.view(-1, V, 3)[:, ids].to(dt))
@@ -134,7 +137,9 @@ def initial_pose(model: LinearFaceModel, targets: torch.Tensor, focal: torch.Ten
     T = targets[:, _RIGID_POINTS]
     mX, mT = X.mean(1, keepdim=True), T.mean(1, keepdim=True)
     Xc, Tc = X - mX, T - mT  # centred: the affine translation drops out
-    A = torch.linalg.lstsq(Xc, Tc).solution.mT  # (B, 2, 3)
+    # least squares by the 3 x 3 normal equations (the model points are well spread, never degenerate): a tenth of
+    # torch.linalg.lstsq's call overhead
+    A = torch.linalg.solve(Xc.mT @ Xc, Xc.mT @ Tc).mT  # (B, 2, 3)
     U, S, Vh = torch.linalg.svd(A, full_matrices=False)
     rows = U @ Vh  # (B, 2, 3) nearest orthonormal rows
     scale = S.mean(-1)  # pixels per cm
