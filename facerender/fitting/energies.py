@@ -202,25 +202,28 @@ class Term:
         return J.mT @ J, (J.mT @ r.unsqueeze(-1)).squeeze(-1), 0.5 * r.square().sum(1)
 
 
-def robust_point_residuals(d: torch.Tensor, kind: Optional[str], c) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Robust loss on per-point residual vectors ``d (..., k)``: the energy of a point is ``0.5 * phi(||d||)``.
+def robust_point_residuals(d: torch.Tensor, kind: Optional[str], c, dim: int = -1
+                           ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Robust loss on per-point residual vectors ``d (..., k)`` (the vector along ``dim``): the energy of a point is
+    ``0.5 * phi(||d||)``.
 
     Returns the square-root residual ``r = d * sqrt(phi(n)) / n`` (differentiable: ``0.5 ||r||^2`` IS the energy, so
     autodiff of it gives the exact gradient) and the IRLS weight ``omega = phi'(n) / (2 n)`` ``(..., 1)`` (no
     gradient): the Gauss-Newton system uses ``J^T omega J`` and ``J^T omega d``, which is the exact gradient.
 
     kind: None (``phi = n^2``), ``"huber"`` (``n^2`` up to ``c``, then ``2 c n - c^2``) or ``"l21"`` (smoothed l2,1:
-    ``phi = 2 (sqrt(n^2 + c^2) - c)``, i.e. ``0.5 phi ~ n``). ``c``: scalar or broadcastable to ``(..., 1)``.
+    ``phi = 2 (sqrt(n^2 + c^2) - c)``, i.e. ``0.5 phi ~ n``). ``c``: scalar or broadcastable to ``(..., 1)`` (size 1
+    along ``dim``).
     """
     if kind is None:
-        return d, torch.ones_like(d[..., :1])
-    n2 = (d * d).sum(-1, keepdim=True)
+        return d, torch.ones_like(d.narrow(dim, 0, 1))
+    n2 = (d * d).sum(dim, keepdim=True)
     n = n2.clamp_min(1e-30).sqrt()
     if kind == "huber":
-        big = n > c
-        phi = torch.where(big, 2 * c * n - c * c, n2)
-        omega = torch.where(big, c / n, torch.ones_like(n))
-    elif kind == "l21":
+        # omega = min(1, c / n); phi / n^2 = omega (2 - omega) (1 inside the threshold, 2 c / n - c^2 / n^2 beyond)
+        omega = (c / n).clamp(max=1.0)
+        return d * (omega * (2 - omega)).sqrt(), omega.detach()
+    if kind == "l21":
         root = (n2 + c * c).sqrt()
         phi = 2 * (root - c)
         omega = 1.0 / root
@@ -428,9 +431,13 @@ class LandmarkTerm(Term):
 
     def points(self, kin: Kinematics):
         """Model points ``(B, L, 3)`` and their basis rows ``(B, L, 3, K)`` (contour correspondences resolved)."""
-        T, Bc = self._rows(kin)
-        X = T + (Bc.flatten(1, 2) @ kin.coeffs.unsqueeze(-1)).view(kin.B, 3, self.L)
+        X, Bc = self._model_points(kin)
         return X.transpose(1, 2), Bc.permute(0, 2, 1, 3)
+
+    def _model_points(self, kin: Kinematics):
+        """Coordinate-major model points ``X (B, 3, L) = T + B c`` and the rows ``B (B|1, 3, L, K)``."""
+        T, Bc = self._rows(kin)
+        return T + (Bc.flatten(1, 2) @ kin.coeffs.unsqueeze(-1)).view(kin.B, 3, self.L), Bc
 
     def _assemble(self, ia: torch.Tensor, ib: torch.Tensor, tt: torch.Tensor):
         """Template ``(B, 3, L)`` and basis ``(B, 3, L, K)`` rows, coordinate-major, for contour rows ia/ib/t."""
@@ -524,10 +531,8 @@ class LandmarkTerm(Term):
         and dominates a landmark fit (docs/fitting.md, speed).
         """
         B, L = kin.B, self.L
-        T, Bc = self._rows(kin)
+        X, Bc = self._model_points(kin)  # (B, 3, L) model space
         M, t = kin.M, kin.t
-        c = kin.coeffs
-        X = T + (Bc.flatten(1, 2) @ c.unsqueeze(-1)).view(-1, 3, L)  # (B, 3, L) model space
         Xc = M @ X + t.unsqueeze(-1)  # (B, 3, L) camera space
         z = Xc[:, 2:3].clamp_min(1e-6)
         q = Xc[:, :2] / z  # (B, 2, L)
@@ -541,38 +546,39 @@ class LandmarkTerm(Term):
                 self._cth = self._w * (self.scale.view(-1, 1, 1) * self.huber)  # threshold on |d|
         w = self._w
         d = w * (uv - self._tgt_t)  # (B, 2, L)
+        # Huber on each point's normalised error (threshold ``huber`` eye-corner distances), see
+        # robust_point_residuals: r is the square-root residual, omega the IRLS weight
         if self.huber is None:
             r, omega = d, None
         else:
-            # Huber on each point's normalised error (threshold ``huber`` eye-corner distances), see
-            # robust_point_residuals: r is the square-root residual, omega the IRLS weight
-            n = (d * d).sum(1, keepdim=True).clamp_min(1e-30).sqrt()
-            omega = (self._cth / n).clamp(max=1.0)  # 1 inside the threshold, c / n beyond
-            # sqrt(phi / n^2) = sqrt(2 c / n - c^2 / n^2) = sqrt(omega (2 - omega))
-            r = d * (omega * (2 - omega)).sqrt()
+            r, omega = robust_point_residuals(d, "huber", self._cth, dim=1)
         if not kin.need_jacobian:
             return r, None, None
         lay = kin.layout
         sw = w if omega is None else omega.sqrt() * w  # (B, 1, L)
         rw = d if omega is None else omega.sqrt() * d
+        K, K_id = Bc.shape[-1], kin.K_id
+        # identity and expression next to each other: one product for both
+        joint = "identity" in lay and "expression" in lay and \
+            lay.slices["expression"].start == lay.slices["identity"].stop
         slabs = []
         for blk in lay.blocks:
             name = blk.name
             if name == "rotation":
-                dRf = kin.dR * self.flip_k(kin)  # d(F R)/dw_k  (B, 3, 3, k)
+                dRf = kin.dR * kin.flip.view(1, 3, 1, 1)  # d(F R)/dw_k  (B, 3, 3, k)
                 slabs.append(torch.einsum("bijk,bjn->bink", dRf, X))
             elif name == "translation":
-                slabs.append(self._eye_slab(kin, L))
-            elif name == "identity":
-                if "expression" in lay and lay.slices["expression"].start == lay.slices["identity"].stop:
-                    continue  # both in one product below
-                slabs.append((M @ Bc[..., :kin.K_id].flatten(2)).view(-1, 3, L, kin.K_id))
+                eye = _rotation_constants(X.dtype, X.device)["eye"]
+                slabs.append(eye.view(1, 3, 1, 3).expand(1, 3, L, 3))
+            elif name == "identity" and not joint:
+                slabs.append((M @ Bc[..., :K_id].flatten(2)).view(-1, 3, L, K_id))
             elif name == "expression":
-                K = Bc.shape[-1]
-                if "identity" in lay and lay.slices["expression"].start == lay.slices["identity"].stop:
+                if joint:
                     slabs.append((M @ Bc.flatten(2)).view(-1, 3, L, K))
                 else:
-                    slabs.append((M @ Bc[..., kin.K_id:].flatten(2)).view(-1, 3, L, K - kin.K_id))
+                    slabs.append((M @ Bc[..., K_id:].flatten(2)).view(-1, 3, L, K - K_id))
+            elif name == "identity":
+                continue  # in the joint product
             elif name == "focal":
                 slabs.append(torch.cat([Xc[:, :2] / kin.focal.view(B, 1, 1), torch.zeros_like(Xc[:, 2:])],
                                        1).unsqueeze(-1))
@@ -582,14 +588,6 @@ class LandmarkTerm(Term):
         D = torch.cat(slabs, -1) if len(slabs) > 1 else slabs[0]
         J = (sw * f / z).unsqueeze(-1) * (D[:, :2] - q.unsqueeze(-1) * D[:, 2:3])  # (B, 2, L, P)
         return r, J.reshape(B, 2 * L, lay.P), rw.reshape(B, 2 * L)
-
-    @staticmethod
-    def flip_k(kin: Kinematics) -> torch.Tensor:
-        return kin.flip.view(1, 3, 1, 1)
-
-    @staticmethod
-    def _eye_slab(kin: Kinematics, L: int) -> torch.Tensor:
-        return _rotation_constants(kin.x.dtype, kin.x.device)["eye"].view(1, 3, 1, 3).expand(1, 3, L, 3)
 
     def evaluate(self, kin: Kinematics):
         r, J, _ = self._evaluate(kin)
@@ -631,21 +629,22 @@ class EnergyProblem:
     def normal_equations(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(J^T J, J^T r, 0.5 ||r||^2)`` summed over the terms (priors add their diagonal directly)."""
         kin = self.kinematics(x, True)
+        diagonal = [t for t in self.terms if hasattr(t, "diagonal_normal_equations")]
         dense = [t for t in self.terms if not hasattr(t, "diagonal_normal_equations")]
-        if not dense:
-            H, g, E = self.terms[0].normal_equations(kin)
-            rest = self.terms[1:]
-        else:
+        if dense:
             H, g, E = dense[0].normal_equations(kin)
             for t in dense[1:]:
                 h2, g2, e2 = t.normal_equations(kin)
                 H, g, E = H + h2, g + g2, E + e2
-            rest = [t for t in self.terms if hasattr(t, "diagonal_normal_equations")]
-        if rest:
-            H = H if H.is_contiguous() else H.clone()  # terms return fresh tensors (Term.normal_equations)
-            Hd = H.diagonal(dim1=-2, dim2=-1)
+        else:
+            P = self.layout.P
+            H, g, E = x.new_zeros(kin.B, P, P), x.new_zeros(kin.B, P), x.new_zeros(kin.B)
+        if diagonal:
+            # terms return fresh tensors (Term.normal_equations): add the diagonal ones in place
+            H = H if H.is_contiguous() else H.clone()
             g = g if g.is_contiguous() else g.clone()
-            for t in rest:
+            Hd = H.diagonal(dim1=-2, dim2=-1)
+            for t in diagonal:
                 d, s, dv, e2 = t.diagonal_normal_equations(kin)
                 E = E + e2
                 if d is not None:
