@@ -168,6 +168,61 @@ def test_project_landmarks_equals_residual_evaluation(model64):
         torch.testing.assert_close(out, ref, rtol=0, atol=1e-9)
 
 
+def test_contour_search_matches_a_direct_reference(model64):
+    """The batched contour search (one addmm over all candidate rows, additive line mask) picks, per candidate line,
+    the vertex furthest out along the head's projected x-axis and, per jawline target, the nearest allowed segment of
+    the resulting polyline: checked against a plain loop over the model's posed vertices. Re-assigning ``targets``
+    re-targets the search (the term caches target-derived tensors)."""
+    from facerender.fitting.energies import contour_candidate_lines
+    from morphable_models import model_to_camera
+
+    m = model64
+    lay = ParameterLayout([Block("rotation", 3), Block("translation", 3), Block("identity", 100),
+                           Block("expression", 53, 0, 1)])
+    lines, valid, side, n_right = contour_candidate_lines(m)
+    g = torch.Generator().manual_seed(3)
+    f, pp = 800.0, torch.tensor([[256.0, 256.0]], dtype=torch.float64)
+    for yaw in (-0.6, 0.0, 0.45):
+        vals = dict(rotation=torch.tensor([[0.05, yaw, -0.03]], dtype=torch.float64),
+                    translation=torch.tensor([[0.3, -0.5, 60.0]], dtype=torch.float64),
+                    identity=torch.randn(1, 100, generator=g, dtype=torch.float64),
+                    expression=torch.rand(1, 53, generator=g, dtype=torch.float64) * 0.3)
+        targets = torch.rand(1, 68, 2, generator=g, dtype=torch.float64) * 150 + 180
+        term = LandmarkTerm(m, torch.zeros(1, 68, 2, dtype=torch.float64), None, 1.0)
+        term.targets = targets
+        prob = EnergyProblem(lay, [term], {"focal": torch.tensor([[f]], dtype=torch.float64)}, pp)
+        ia, ib, tt = term.contour(prob.kinematics(lay.join(vals), False))
+        # reference: posed vertices of the full model
+        verts = m(vals["identity"], vals["expression"]).vertices
+        cam = model_to_camera(verts, vals["rotation"], vals["translation"])[0]
+        uv = cam[:, :2] / cam[:, 2:] * f + pp[0]
+        axis = axis_angle_to_matrix(vals["rotation"])[0]
+        R = torch.tensor([[1.0, 0, 0], [0, -1.0, 0], [0, 0, -1.0]], dtype=torch.float64) @ axis  # camera from model
+        ax = R[:2, 0]
+        poly = []
+        for k in range(lines.shape[0]):
+            cand = [int(v) for v, ok in zip(lines[k], valid[k]) if ok]
+            score = [float(uv[v] @ ax) * float(side[k]) for v in cand]
+            poly.append(cand[int(np.argmax(score))])
+        P = uv[poly]
+        pool_vertex = term.lines.new_tensor(np.unique(lines[valid]))
+        for j in range(17):
+            best = None
+            for sgm in range(len(poly) - 1):
+                if not bool(term.allowed_segments()[j, sgm]):
+                    continue
+                a, b = P[sgm], P[sgm + 1]
+                t = float(((targets[0, j] - a) @ (b - a)) / ((b - a) @ (b - a)).clamp_min(1e-12))
+                t = min(max(t, 0.0), 1.0)
+                d = float((a + t * (b - a) - targets[0, j]).norm())
+                if best is None or d < best[0] - 1e-9:
+                    best = (d, sgm, t)
+            _, sgm, t = best
+            assert int(pool_vertex[ia[0, j] - term.L]) == poly[sgm], (yaw, j)
+            assert int(pool_vertex[ib[0, j] - term.L]) == poly[sgm + 1], (yaw, j)
+            assert abs(float(tt[0, j]) - t) < 1e-9, (yaw, j)
+
+
 def test_photometric_gradient_matches_autograd(model64):
     """The normal equations of the colour term give the EXACT gradient of its energy (autograd of the square-root
     residuals), including the robust l2,1 loss and the B-spline image interpolation; J^T J is the IRLS Gauss-Newton
