@@ -34,28 +34,29 @@ def rodrigues_with_derivative(aa: torch.Tensor) -> Tuple[torch.Tensor, torch.Ten
 
     Every entry of ``R`` and ``dR`` is a fixed linear combination of the 53 features
     ``[cos t, a, a w, b w, b w w^T, a' w w^T, b' w w w]``, so both come out of ONE matrix product with a constant
-    ``(53, 36)`` matrix: about 25 tensor operations instead of 60 (this runs once per solver iteration, where the
+    ``(53, 36)`` matrix: about 20 tensor operations instead of 60 (this runs once per solver iteration, where the
     per-operation overhead dominates a landmark fit).
     """
     B = aa.shape[0]
-    t2 = (aa * aa).sum(-1, keepdim=True)  # (B, 1)
-    # cos t and sin t / t are exact from their closed forms; (1 - cos t) / t^2, a' and b' lose digits to
-    # cancellation (eps / t^2) for small t: second-order Taylor series there (truncation ~1e-5 t^6)
     consts = _rotation_constants(aa.dtype, aa.device)
-    t2s = torch.where(t2 < _TINY, torch.ones_like(t2), t2)
+    ww = aa.unsqueeze(-1) * aa.unsqueeze(-2)  # (B, 3, 3)
+    t2 = ww.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)  # (B, 1)
+    # cos t and sin t / t are exact from their closed forms; (1 - cos t) / t^2, a' and b' lose digits to
+    # cancellation (eps / t^2) for small t: second-order Taylor series there (truncation ~1e-5 t^6). Below _TINY
+    # every column takes the series, so the clamp only keeps the unused closed forms finite.
+    t2s = t2.clamp_min(_TINY)
     t = t2s.sqrt()
-    s, c = torch.sin(t), torch.cos(t)
-    a = s / t
+    c = torch.cos(t)
+    a = torch.sin(t) / t
     b = (1 - c) / t2s
-    big = torch.cat([c, a, b, (c - a) / t2s, (a - 2 * b) / t2s], 1)
+    big = torch.cat([c, a, b, (c - a) / t2s, torch.addcmul(a, b, consts["minus2"]) / t2s], 1)
     T = consts["taylor"]
-    taylor = T[0] + t2 * (T[1] + t2 * T[2])  # cos t, a, b, a', b'
-    small = t2 < consts["taylor_below"]  # per column (cos t and a: only at t = 0)
-    coef = torch.where(small, taylor, big)  # (B, 5)
-    ww = (aa.unsqueeze(-1) * aa.unsqueeze(-2)).view(B, 9)
-    www = (ww.unsqueeze(-1) * aa.unsqueeze(-2)).view(B, 27)
-    ca, cb, cda, cdb = coef[:, 1:2], coef[:, 2:3], coef[:, 3:4], coef[:, 4:5]
-    phi = torch.cat([coef[:, :2], ca * aa, cb * aa, cb * ww, cda * ww, cdb * www], 1)  # (B, 53)
+    taylor = torch.addcmul(T[0], t2, torch.addcmul(T[1], t2, T[2]))  # cos t, a, b, a', b'
+    coef = torch.where(t2 < consts["taylor_below"], taylor, big)  # (B, 5) (cos t and a: only at t = 0)
+    www = ww.unsqueeze(-1) * aa.view(B, 1, 1, 3)
+    # features [cos t, a | a w, b w, b ww, a' ww, b' www]: the monomials times their coefficient (one gather)
+    mono = torch.cat([aa, aa, ww.view(B, 9), ww.view(B, 9), www.view(B, 27)], 1)  # (B, 51)
+    phi = torch.cat([coef[:, :2], mono * coef[:, consts["feature_coef"]]], 1)  # (B, 53)
     out = phi @ consts["features"]  # (B, 36)
     return out[:, :9].view(B, 3, 3), out[:, 9:].view(B, 3, 3, 3)
 
@@ -98,8 +99,11 @@ def _rotation_constants(dtype: torch.dtype, device: torch.device) -> Dict[str, t
         thr = 1e-3 if dtype == torch.float64 else 3e-2  # where cancellation (eps / t^2) exceeds truncation
         out = {"features": _rodrigues_feature_matrix(), "eye": torch.eye(3, dtype=torch.float64),
                "flip": torch.tensor(AXIS_FLIP, dtype=torch.float64).reshape(3, 1), "taylor": _TAYLOR,
-               "taylor_below": torch.tensor([_TINY, _TINY, thr, thr, thr], dtype=torch.float64)}
+               "taylor_below": torch.tensor([_TINY, _TINY, thr, thr, thr], dtype=torch.float64),
+               "minus2": torch.tensor(-2.0, dtype=torch.float64)}
         out = {k: v.to(dtype=dtype, device=device) for k, v in out.items()}
+        # coefficient column of each monomial feature: a (1) x3, b (2) x3, b (2) x9, a' (3) x9, b' (4) x27
+        out["feature_coef"] = torch.tensor([1] * 3 + [2] * 3 + [2] * 9 + [3] * 9 + [4] * 27, device=device)
         _CONSTANTS[key] = out
     return out
 

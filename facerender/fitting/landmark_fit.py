@@ -124,11 +124,11 @@ def initial_pose(model: LinearFaceModel, targets: torch.Tensor, focal: torch.Ten
 
     B = targets.shape[0]
     dt = targets.dtype
-    ids = torch.as_tensor(model.landmarks["ibug68"].vertex_index[_RIGID_POINTS], device=targets.device)
     key = ("rigid_template_rows", dt, str(targets.device), model.template.data_ptr())
     if key not in model.extra:
-        model.extra[key] = model.template[ids].to(dt)
-    X = model.extra[key]
+        ids = torch.as_tensor(model.landmarks["ibug68"].vertex_index[_RIGID_POINTS], device=targets.device)
+        model.extra[key] = (ids, model.template[ids].to(dt))
+    ids, X = model.extra[key]
     if identity is not None:
         V = model.num_vertices
         X = X + torch.einsum("bk,knc->bnc", identity, model.identity_basis.view(-1, V, 3)[:, ids].to(dt))
