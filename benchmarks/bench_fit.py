@@ -23,7 +23,7 @@ import torch
 
 from facerender.fitting.energies import EnergyProblem, LandmarkTerm, PriorTerm
 from facerender.fitting.fit_image import FitConfig, _estimate_albedo, crop_face
-from facerender.fitting.landmark_fit import LandmarkFitConfig, fit_landmarks
+from facerender.fitting.landmark_fit import fit_landmarks
 from facerender.fitting.params import Block, ParameterLayout
 from facerender.fitting.photometric import PhotometricTerm
 from facerender.fitting.solver import AdamConfig, GaussNewtonConfig, LeastSquaresProblem, solve

@@ -18,12 +18,10 @@ Units: centimetres; y up, z towards the viewer.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import lzma
 import os
-import re
 import shutil
 import tarfile
 import tempfile
@@ -32,7 +30,7 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch

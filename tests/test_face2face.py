@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from facerender.errors import VideoError
 from facerender.reenact.face2face import Face2FaceConfig, actor_neutral, face2face, frame_schedule, transfer_expression

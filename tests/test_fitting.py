@@ -13,7 +13,7 @@ from facerender.fitting.energies import EnergyProblem, LandmarkTerm, PriorTerm, 
 from facerender.fitting.fit_image import FitConfig, fit_image
 from facerender.fitting.landmark_fit import LandmarkFitConfig, fit_landmarks, initial_pose
 from facerender.fitting.params import Block, ParameterLayout
-from facerender.fitting.photometric import PhotometricTerm, image_gradient, sh_basis_derivative
+from facerender.fitting.photometric import PhotometricTerm, sh_basis_derivative
 from facerender.render.lighting import ambient_light, directional_light, sh_basis
 from morphable_models.rotation import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle, matrix_to_euler
 

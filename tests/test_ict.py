@@ -1,7 +1,6 @@
 """ICT-FaceKit: install from archive/folder/zip, counts, reproduction of the OBJs, landmarks, regions, bad input."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -13,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from morphable_models import ict, load_ict, read_obj, read_obj_vertices
-from morphable_models.errors import ModelFileError, ModelNotInstalledError, ShapeError
+from morphable_models import ict, load_ict, read_obj_vertices
+from morphable_models.errors import ModelFileError, ModelNotInstalledError
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import torch
 from scipy.spatial.transform import Rotation as SciRot
 
 from morphable_models import (
-    BlendshapeRig,
     LandmarkEmbedding,
     LinearFaceModel,
     Region,

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,11 +29,11 @@ import torch.nn.functional as F
 
 from morphable_models import LinearFaceModel
 
-from ..errors import FittingError, NoFaceError, ShapeError
+from ..errors import FittingError
 from ..render.lighting import ambient_light
-from .albedo import AlbedoConfig, VertexAlbedoEstimator, estimate_mean_albedo, mirror_vertex_map
+from .albedo import AlbedoConfig, VertexAlbedoEstimator, mirror_vertex_map
 from .energies import EnergyProblem, LandmarkTerm, PriorTerm
-from .landmark_fit import LandmarkFitConfig, LandmarkFitResult, default_focal, fit_landmarks
+from .landmark_fit import LandmarkFitConfig, default_focal, fit_landmarks
 from .params import Block, ParameterLayout
 from .photometric import PhotometricTerm, sample_bilinear
 from .solver import GaussNewtonConfig, LeastSquaresProblem, solve
