@@ -418,7 +418,7 @@ class LandmarkTerm(Term):
         self.frozen_contour = None
         self._fixed_rows = None  # cached coordinate-major rows (see _rows)
         self._allowed = None
-        self._not_allowed = None
+        self._not_allowed = None  # ~_allowed, set with it
         self.last_uv: Optional[torch.Tensor] = None
 
     @property
@@ -440,6 +440,7 @@ class LandmarkTerm(Term):
             j = torch.arange(17, device=self.targets.device)[:, None]
             self._allowed = torch.where(j < 8, seg < nr + 1,
                                         torch.where(j > 8, seg >= nr - 1, (seg >= nr - 2) & (seg <= nr + 1)))
+            self._not_allowed = ~self._allowed  # the form the search masks with
         return self._allowed
 
     def contour_correspondences(self, poly_uv: torch.Tensor):
@@ -449,8 +450,7 @@ class LandmarkTerm(Term):
         da = self._tgt17 - a  # (B, 17, S, 2) from the segment starts to the targets
         t = ((da * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
         d2 = torch.addcmul(da, t.unsqueeze(-1), ab, value=-1).square().sum(-1)  # |a + t ab - target|^2
-        if self._not_allowed is None:
-            self._not_allowed = ~self.allowed_segments()
+        self.allowed_segments()  # builds both masks once
         idx = d2.masked_fill(self._not_allowed, math.inf).argmin(-1)
         return idx, torch.gather(t, 2, idx[..., None]).squeeze(-1)
 
