@@ -212,3 +212,95 @@ def test_add_online_state_dict_and_bad_input():
         MouthConfig(crop_size=(64,))
     with pytest.raises(IndexError, match="entry index 99 out of range for a database of 6"):
         db.warp(99, lms[0], (160, 160))
+
+
+def coordinate_db(openings, size=160, seed=0):
+    """A database whose frames encode their own pixel coordinates (R = x / size, G = y / size), one entry per
+    inner-lip opening (px), and its landmarks."""
+    ys, xs = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
+    coord = np.stack([xs / size, ys / size, np.zeros_like(xs)], -1).astype(np.float32)
+    lms = np.stack([mouth_landmarks(size / 2, size * 0.62, size * 0.3, opening=o) for o in openings])
+    db = MouthDatabase.build(np.stack([coord] * len(openings)), lms)
+    return db, lms
+
+
+def test_wide_opening_keeps_the_teeth_next_to_the_lips_and_fills_a_cavity():
+    # the entry barely opens (4 px); the desired mouth opens 40 px: one spline would stretch the entry's few
+    # interior pixels over the whole opening; the cavity warp keeps each lip's neighbourhood at <= max_stretch and
+    # shades the rest from the lip colour
+    size = 160
+    db, lms = coordinate_db([4.0], size)
+    target = mouth_landmarks(110, 120, 60, opening=40)
+    target[48:68] = np.floor(target[48:68]) + 0.5
+    plain = db.warp(0, target, (220, 220), regularization=0.0, max_stretch=math.inf)
+    w = db.warp(0, target, (220, 220), regularization=0.0)
+    assert db.config.max_stretch == 1.3
+    # every landmark still maps onto the entry's landmark (the two splines interpolate their own lip exactly)
+    top, bottom, left, right = w.box
+    checked = 0
+    for p in list(range(48, 61)) + [64]:
+        x, y = target[p]
+        if left <= x < right and top <= y < bottom:
+            got = w.image[int(y), int(x), :2].numpy() * size
+            assert np.allclose(got, lms[0, p], atol=0.5), (p, got, lms[0, p])
+            checked += 1
+    assert checked >= 2
+    for p in (61, 62, 63, 65, 66, 67):  # inner-lip landmarks: at most half a ramp of cavity over them
+        x, y = target[p]
+        got = w.image[int(y), int(x), :2].numpy() * size
+        assert np.allclose(got, lms[0, p], atol=2.0), (p, got, lms[0, p])
+    # the middle of the opening is cavity: the lip colour times the shading, not a stretched sample of the crop
+    x, y = target[[62, 66]].mean(0)
+    mid = w.image[int(y), int(x)]
+    lip = db.lip_colour
+    ratio = (mid / lip.clamp_min(1e-6))[:2]
+    assert 0.25 <= float(ratio.mean()) <= 1.0 and abs(float(ratio[0] - ratio[1])) < 0.05
+    assert not torch.allclose(plain.image[int(y), int(x)], mid, atol=0.05)
+    # the back of the mouth (top of the cavity) is darker than the tongue (bottom)
+    top_y = target[62, 1] + 0.35 * (target[66, 1] - target[62, 1])
+    bot_y = target[62, 1] + 0.8 * (target[66, 1] - target[62, 1])
+    assert float(w.image[int(top_y), int(x)].sum()) < float(w.image[int(bot_y), int(x)].sum())
+    # a pixel 3 px below the upper inner lip shows the entry at most max_stretch x 3 px below its upper lip
+    # (a single spline maps it ~10x closer to the entry's lower lip)
+    y3 = target[62, 1] + 3
+    gy = float(w.image[int(y3), int(target[62, 0]), 1]) * size
+    scale = np.linalg.norm(lms[0, 54] - lms[0, 48]) / np.linalg.norm(target[54] - target[48])
+    assert 0.0 <= gy - lms[0, 62, 1] <= 3 * scale * 1.0 + 0.75
+    assert float(plain.image[int(y3), int(target[62, 0]), 1]) * size - lms[0, 62, 1] < 0.5 * (
+        lms[0, 66, 1] - lms[0, 62, 1]) + 1  # the plain spline: still between the entry's lips
+    # alpha is the same either way
+    assert torch.equal(w.alpha, plain.alpha)
+
+
+def test_cavity_warp_is_the_single_spline_when_the_opening_fits():
+    db, lms = coordinate_db([20.0], 160)
+    target = mouth_landmarks(110, 120, 60, opening=18)  # narrower than the entry's (relative to width)
+    a = db.warp(0, target, (220, 220))
+    b = db.warp(0, target, (220, 220), max_stretch=math.inf)
+    assert torch.equal(a.image, b.image) and torch.equal(a.alpha, b.alpha)
+    with pytest.raises(ValueError, match="max_stretch"):
+        db.warp(0, target, (220, 220), max_stretch=0.5)
+    with pytest.raises(ValueError, match="max_stretch"):
+        MouthConfig(max_stretch=0.9)
+    with pytest.raises(ValueError, match="cavity_shading"):
+        MouthConfig(cavity_shading=(0.3,))
+
+
+def test_lip_colour_is_the_colour_between_the_lip_polygons():
+    size = 160
+    rng = np.random.default_rng(3)
+    lms = np.stack([mouth_landmarks(size / 2 + rng.normal(), size * 0.62, size * 0.3, opening=o) for o in (6, 12, 18)])
+    frames = np.full((3, size, size, 3), (200, 170, 150), np.uint8)  # skin
+    ys, xs = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
+    from matplotlib.path import Path as MPath
+
+    pix = np.stack([xs.ravel(), ys.ravel()], -1)
+    for i in range(3):
+        outer = MPath(lms[i, 48:60]).contains_points(pix).reshape(size, size)
+        inner = MPath(lms[i, 60:68]).contains_points(pix).reshape(size, size)
+        frames[i][outer] = (170, 60, 70)  # lips
+        frames[i][inner] = (20, 10, 10)  # dark interior
+    db = MouthDatabase.build(frames, lms)
+    assert torch.allclose(db.lip_colour, torch.tensor([170, 60, 70]) / 255.0, atol=3 / 255)
+    db.add(frames[0], lms[0])  # adding entries recomputes it
+    assert db._lip_colour is None

@@ -42,6 +42,7 @@ stay the render's.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -75,6 +76,13 @@ INNER_LIP_POINTS: Tuple[int, ...] = tuple(range(60, 68))
 MOUTH_CORNERS: Tuple[int, int] = (48, 54)
 _SHAPE_POINTS = tuple(i for i in MOUTH_POINTS if i not in MOUTH_CORNERS)  # 18 points
 _CORNERS_IN_MOUTH = (0, 6)  # positions of 48 and 54 within MOUTH_POINTS
+# positions within MOUTH_POINTS (48-67): inner-lip pairs (upper 61, 62, 63 over lower 67, 66, 65), the outer-lip
+# points above / below them (50, 51, 52 and 58, 57, 56), the outer points next to the corners ((49, 59), (53, 55)),
+# and the inner corners 60 and 64
+_INNER_PAIRS = ((13, 14, 15), (19, 18, 17))
+_OUTER_PAIRS = ((2, 3, 4), (10, 9, 8))
+_OUTER_ENDS = ((1, 11), (5, 7))
+_INNER_CORNERS = (12, 16)
 
 
 # ------------------------------------------------------------------------------------------------------ config
@@ -92,6 +100,12 @@ class MouthConfig:
             neither the previous match nor its successor).
         max_cost: a best unary cost above this means "nothing fits" (query returns None).
         candidates: unary candidates per frame in :meth:`MouthDatabase.retrieve`'s beam.
+        max_stretch: how far :meth:`MouthDatabase.warp` may stretch the retrieved opening vertically (desired
+            inner-lip gap / retrieved gap, per column). A wider desired opening keeps the retrieved teeth at this
+            stretch next to each lip and fills the rest with the mouth cavity (``inf``: one thin-plate spline
+            stretches the whole crop, the plain Face2Face warp).
+        cavity_shading: ``(back, tongue)``: the cavity's brightness relative to the target's lip colour at its
+            top (the dark back of the mouth) and its bottom (the tongue).
 
     Scale of the shape cost, measured on ``talking_d3.mp4`` (354 frames, dlib landmarks): the best match of a frame
     among the frames more than 15 frames away costs 0.013 (median; 90 % below 0.059), two consecutive frames differ
@@ -110,6 +124,8 @@ class MouthConfig:
     w_switch: float = 0.02
     max_cost: float = 0.15
     candidates: int = 16
+    max_stretch: float = 1.3
+    cavity_shading: Tuple[float, float] = (0.3, 0.9)
 
     def __post_init__(self) -> None:
         for name in ("crop_size", "appearance_size"):
@@ -130,6 +146,12 @@ class MouthConfig:
             raise ValueError(f"center_offset must be a number, got {self.center_offset!r}")
         if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
             raise ValueError(f"candidates must be an int >= 1, got {self.candidates!r}")
+        if not isinstance(self.max_stretch, (int, float)) or not self.max_stretch >= 1:
+            raise ValueError(f"max_stretch must be a number >= 1 (inf: no cavity), got {self.max_stretch!r}")
+        cs = self.cavity_shading
+        if not (isinstance(cs, (tuple, list)) and len(cs) == 2
+                and all(isinstance(v, (int, float)) and 0 <= v <= 2 for v in cs)):
+            raise ValueError(f"cavity_shading must be (back, tongue) with two numbers in [0, 2], got {cs!r}")
 
 
 class MouthMatch(NamedTuple):
@@ -372,6 +394,7 @@ class MouthDatabase:
         self._crop_lm: List[torch.Tensor] = []
         self._ids: List[torch.Tensor] = []
         self._stacked: Optional[dict] = None
+        self._lip_colour: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------------------------------- building
     def __len__(self) -> int:
@@ -513,6 +536,7 @@ class MouthDatabase:
         self._crop_lm.append(self._to_crop(lm[:, MOUTH_POINTS], lm).to(torch.float32))
         self._ids.append(ids)
         self._stacked = None
+        self._lip_colour = None
 
     @classmethod
     def build(cls, frames, landmarks, expressions=None, *, expression_names: Optional[Sequence[str]] = None,
@@ -674,11 +698,20 @@ class MouthDatabase:
 
     # ------------------------------------------------------------------------------------------------- warp
     def warp(self, index, landmarks, image_size: Tuple[int, int], *, grow: float = 1.0, feather: float = 2.0,
-             regularization: float = 1e-3, margin: int = 4) -> MouthWarp:
+             regularization: float = 1e-3, margin: int = 4, max_stretch: Optional[float] = None) -> MouthWarp:
         """Warp entry ``index``'s crop onto the desired mouth.
 
         A thin-plate spline through the 20 mouth landmarks (desired positions -> the entry's landmarks in crop
         pixels) gives, for every pixel of the box around the desired inner lips, where to sample the crop.
+
+        **Wider openings than the entry's.** Where the desired inner-lip gap exceeds ``max_stretch`` times the
+        entry's (per column, at the three inner-lip pairs 61/67, 62/66, 63/65), one spline would stretch the
+        entry's few dark pixels between its lips into a large dark hole. Instead two splines are fitted: one with the
+        desired lower lip moved up by the excess (it carries the upper teeth along the upper lip, stretched at most
+        ``max_stretch``), one with the upper lip moved down (the lower teeth along the lower lip); each pixel takes
+        the spline of its lip, and the band of the excess between them is the mouth cavity, shaded from the
+        target's own lip colour (:attr:`lip_colour`): dark at the back (top), tongue-coloured at the bottom
+        (``config.cavity_shading``), darker towards the corners. Without excess the result is the single spline's.
 
         Args:
             index: entry index or :class:`MouthMatch`.
@@ -687,6 +720,7 @@ class MouthDatabase:
             grow, feather: the inner-mouth alpha (:func:`inner_mouth_alpha`).
             regularization: TPS smoothing (0: exact interpolation of the landmarks).
             margin: extra pixels around the inner-lip box.
+            max_stretch: overrides ``config.max_stretch`` (``inf``: one spline, no cavity).
         Returns:
             :class:`MouthWarp` ``(image (H, W, 3), alpha (H, W), box)``.
         """
@@ -694,6 +728,9 @@ class MouthDatabase:
         if idx is None or isinstance(idx, bool) or not isinstance(idx, (int, np.integer)):
             raise ValueError(f"index must be an entry index or a MouthMatch, got {index!r} (a query that found "
                              f"nothing returns None: use the model-rendered mouth then)")
+        stretch = self.config.max_stretch if max_stretch is None else max_stretch
+        if not isinstance(stretch, (int, float)) or not stretch >= 1:
+            raise ValueError(f"max_stretch must be a number >= 1, got {stretch!r}")
         e = self.entry(int(idx))
         lm = _landmarks(landmarks, "landmarks", batched=False)[0]
         H, W = int(image_size[0]), int(image_size[1])
@@ -709,19 +746,114 @@ class MouthDatabase:
         box = (top, bottom, left, right)
         if bottom <= top or right <= left:
             return MouthWarp(image, torch.zeros(H, W, dtype=torch.float32), box)
-        params = tps_fit(lm[list(MOUTH_POINTS)], e["crop_landmarks"].to(torch.float64), regularization)
+        dst = lm[list(MOUTH_POINTS)]
+        src_lm = e["crop_landmarks"].to(torch.float64)
         ys = torch.arange(top, bottom, dtype=torch.float64) + 0.5
         xs = torch.arange(left, right, dtype=torch.float64) + 0.5
         pts = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
-        src = tps_transform(params, pts)  # crop pixels
+        # excess of the desired inner-lip gap over the stretched entry gap, per inner-lip pair (normalised units)
+        nd = _normalise(dst, lm)
+        ne = self._from_crop(src_lm)
+        up_i, lo_i = list(_INNER_PAIRS[0]), list(_INNER_PAIRS[1])
+        gap_e = (ne[lo_i, 1] - ne[up_i, 1]).clamp_min(0)
+        excess = (nd[lo_i, 1] - nd[up_i, 1] - stretch * gap_e).clamp_min(0) if math.isfinite(stretch) else None
+        if excess is None or float(excess.max()) * float(mouth_frame(lm)[2]) < 0.5:  # under half a pixel
+            src = tps_transform(tps_fit(dst, src_lm, regularization), pts)
+            cavity = None
+        else:
+            src, cavity = self._cavity_warp(lm, dst, nd, src_lm, excess, pts, regularization)
         h, w = self.config.crop_size
         grid = torch.stack([2 * src[:, 0] / w - 1, 2 * src[:, 1] / h - 1], -1).reshape(1, bottom - top, right - left, 2)
         crop = e["crop"].permute(2, 0, 1)[None].to(torch.float32) / 255.0
         patch = F.grid_sample(crop, grid.to(torch.float32), mode="bilinear", padding_mode="border",
-                              align_corners=False)
-        image[top:bottom, left:right] = patch[0].permute(1, 2, 0)
+                              align_corners=False)[0].permute(1, 2, 0)
+        if cavity is not None:
+            weight, shade = cavity
+            colour = self.lip_colour.to(torch.float64) * shade.reshape(-1, 1)
+            patch = torch.lerp(patch, colour.to(torch.float32).reshape(patch.shape),
+                               weight.to(torch.float32).reshape(bottom - top, right - left, 1))
+        image[top:bottom, left:right] = patch
         alpha = inner_mouth_alpha(lm, (H, W), grow=grow, feather=feather, box=box)
         return MouthWarp(image, alpha, box)
+
+    def _cavity_warp(self, lm: torch.Tensor, dst: torch.Tensor, nd: torch.Tensor, src_lm: torch.Tensor,
+                     excess: torch.Tensor, pts: torch.Tensor, regularization: float
+                     ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """Crop positions ``(M, 2)`` of the pixel centres ``pts (M, 2)`` from the two lip-following splines, and the
+        cavity's ``(weight (M,), shade (M,))`` (see :meth:`warp`). ``nd``: the desired mouth points (20, 2) in the
+        normalised frame; ``excess``: ``(3,)`` per inner-lip pair, normalised units."""
+        o, A, s = mouth_frame(lm)
+        move = excess[:, None] * s * A[1]  # (3, 2) pixels along the mouth's downward axis
+        up_idx, lo_idx = _INNER_PAIRS
+        up_outer, lo_outer = _OUTER_PAIRS
+        dst_u, dst_l = dst.clone(), dst.clone()
+        for k in range(3):  # the lower lip (inner and outer) moved up by the excess; the upper lip down
+            dst_u[[lo_idx[k], lo_outer[k]]] -= move[k]
+            dst_l[[up_idx[k], up_outer[k]]] += move[k]
+        for end, k in ((_OUTER_ENDS[0], 0), (_OUTER_ENDS[1], 2)):  # 59 / 55 and 49 / 53: half their neighbour's
+            dst_u[end[1]] -= 0.5 * move[k]
+            dst_l[end[0]] += 0.5 * move[k]
+        src_u = tps_transform(tps_fit(dst_u, src_lm, regularization), pts)
+        src_l = tps_transform(tps_fit(dst_l, src_lm, regularization), pts)
+        # the desired inner lips as curves over the normalised x axis (corners 60 and 64 at both ends)
+        q = _normalise(pts, lm)
+        qx, qy = q[:, 0].numpy(), q[:, 1].numpy()
+        c0, c1 = nd[_INNER_CORNERS[0]].numpy(), nd[_INNER_CORNERS[1]].numpy()
+        upper = np.concatenate([[c0], nd[list(up_idx)].numpy(), [c1]])
+        lower = np.concatenate([[c0], nd[list(lo_idx)].numpy(), [c1]])
+
+        def curve(knots_x, knots_y):
+            order = np.argsort(knots_x, kind="stable")
+            return np.interp(qx, knots_x[order], knots_y[order])
+
+        up = curve(upper[:, 0], upper[:, 1])
+        lo = curve(lower[:, 0], lower[:, 1])
+        ex = curve(np.concatenate([[c0[0]], (upper[1:4, 0] + lower[1:4, 0]) / 2, [c1[0]]]),
+                   np.concatenate([[0.0], excess.numpy(), [0.0]]))
+        half = np.maximum(lo - up - ex, 0) / 2  # each lip's band (its teeth), normalised units
+        d_up, d_lo = qy - up, lo - qy
+        upper_side = torch.from_numpy(d_up <= d_lo)
+        src = torch.where(upper_side[:, None], src_u, src_l)
+        ramp = 1.5 / float(s)  # 1.5 px from teeth to cavity
+        weight = np.clip((np.minimum(d_up, d_lo) - half) / ramp + 0.5, 0, 1) * (ex > 0)
+        r = np.clip((qy - (up + half)) / np.maximum(ex, 1e-9), 0, 1)
+        r = r * r * (3 - 2 * r)
+        u = np.clip(2 * (qx - c0[0]) / max(c1[0] - c0[0], 1e-9) - 1, -1, 1)
+        back, tongue = self.config.cavity_shading
+        shade = (back + (tongue - back) * r) * (1 - 0.35 * u * u)
+        return src, (torch.from_numpy(weight), torch.from_numpy(shade))
+
+    def _from_crop(self, points: torch.Tensor) -> torch.Tensor:
+        """Normalised mouth-frame coordinates of crop pixel positions ``(..., 2)`` (the inverse of the crop map)."""
+        cfg = self.config
+        h, w = cfg.crop_size
+        nx = (points[..., 0] / w - 0.5) * cfg.extent
+        ny = (points[..., 1] / h - 0.5) * (cfg.extent * h / w) + cfg.center_offset
+        return torch.stack([nx, ny], -1)
+
+    @property
+    def lip_colour(self) -> torch.Tensor:
+        """``(3,)`` float32 in [0, 1]: the target's lip colour, the median over (up to 200 evenly spaced) entries of
+        the median colour between each entry's outer (48-59) and inner (60-67) lip polygons; the base colour of
+        the cavity in :meth:`warp`. Computed once per database."""
+        if self._lip_colour is None:
+            d = self._data()
+            n = d["crops"].shape[0]
+            h, w = self.config.crop_size
+            ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5,
+                                    torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij")
+            grid = torch.stack([xs, ys], -1).reshape(-1, 2)
+            cols = []
+            for i in np.unique(np.linspace(0, n - 1, min(n, 200)).round().astype(np.int64)):
+                clm = d["crop_lm"][i].to(torch.float64)
+                outer = _polygon_signed_distance(grid, clm[:12])
+                inner_sd = _polygon_signed_distance(grid, clm[12:])
+                sel = (outer > 0.5) & (inner_sd < -0.5)
+                if int(sel.sum()) >= 8:
+                    cols.append(d["crops"][i].reshape(-1, 3)[sel].to(torch.float32).median(0).values / 255.0)
+            self._lip_colour = (torch.stack(cols).median(0).values if cols
+                                else torch.tensor([0.55, 0.3, 0.3], dtype=torch.float32))
+        return self._lip_colour
 
     # ------------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:
