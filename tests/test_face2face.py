@@ -29,6 +29,9 @@ def test_frame_schedule_policies():
         frame_schedule(0, 30.0, 5, 30.0, "source")
     with pytest.raises(ValueError, match="length"):
         Face2FaceConfig(length="longest")
+    with pytest.raises(ValueError, match="mouth_region"):
+        Face2FaceConfig(mouth_region="teeth")
+    assert Face2FaceConfig().mouth_region == "lips"
 
 
 def test_transfer_relative_to_neutral():

@@ -10,6 +10,7 @@ import torch
 
 from facerender.reenact.mouth import (
     INNER_LIP_POINTS,
+    OUTER_LIP_POINTS,
     MouthConfig,
     MouthDatabase,
     MouthMatch,
@@ -304,3 +305,28 @@ def test_lip_colour_is_the_colour_between_the_lip_polygons():
     assert torch.allclose(db.lip_colour, torch.tensor([170, 60, 70]) / 255.0, atol=3 / 255)
     db.add(frames[0], lms[0])  # adding entries recomputes it
     assert db._lip_colour is None
+
+
+def test_lips_region_replaces_the_whole_mouth_with_the_retrieved_lips():
+    # region "lips": the alpha is the outer-lip polygon and the retrieved crop's outer lips land on the desired ones
+    size = 160
+    db, lms = coordinate_db([12.0], size)
+    target = mouth_landmarks(110, 120, 60, opening=12, smile=0.2)
+    target[48:68] = np.floor(target[48:68]) + 0.5
+    inner = db.warp(0, target, (220, 220), grow=0.0, feather=0.0)
+    # the same coordinate frame in a database with the lips config
+    ys, xs = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
+    coord = np.stack([xs / size, ys / size, np.zeros_like(xs)], -1).astype(np.float32)
+    lips = MouthDatabase.build(coord[None], lms, config=MouthConfig(region="lips"))
+    w = lips.warp(0, target, (220, 220), grow=0.0, feather=0.0, regularization=0.0)
+    a_outer = inner_mouth_alpha(target, (220, 220), grow=0.0, feather=0.0, polygon=OUTER_LIP_POINTS)
+    assert torch.equal(w.alpha, a_outer)
+    assert float(w.alpha.sum()) > 1.5 * float(inner.alpha.sum())  # lips included
+    top, bottom, left, right = w.box
+    for p in range(48, 60):  # the outer lips are inside the box and map onto the entry's outer lips
+        x, y = target[p]
+        assert left <= x < right and top <= y < bottom
+        got = w.image[int(y), int(x), :2].numpy() * size
+        assert np.allclose(got, lms[0, p], atol=0.5), (p, got, lms[0, p])
+    with pytest.raises(ValueError, match="region"):
+        MouthConfig(region="outer")

@@ -69,6 +69,10 @@ class Face2FaceConfig:
         transfer_pose: also apply the source's head rotation relative to its median pose.
         length: ``"source"``, ``"target"`` or ``"shortest"``; audio: ``"auto"``, ``"source"``, ``"target"``, ``"none"``.
         mouth: ``"retrieval"`` (Face2Face) or ``"model"`` (the model's rendered mouth interior).
+        mouth_region: what the retrieved mouth replaces: ``"lips"`` (the whole mouth inside the outer lips: the
+            target's own lips in the retrieved shape) or ``"inner"`` (only the inside of the inner lips; the lips stay
+            the re-coloured render's, whose inner surfaces, hidden in the tracked frame, take the albedo fallback
+            when the mouth opens).
         mouth_min_frames: targets with fewer tracked frames use the model mouth.
         colour_from_frame: colour the face from the current target frame (else albedo x SH everywhere).
         keep_detail: add back the target frame's detail finer than the crop (``frame - upsampled crop``, full
@@ -90,6 +94,7 @@ class Face2FaceConfig:
     length: str = "source"
     audio: str = "auto"
     mouth: str = "retrieval"
+    mouth_region: str = "lips"
     mouth_min_frames: int = 30
     colour_from_frame: bool = True
     keep_detail: bool = True
@@ -107,6 +112,8 @@ class Face2FaceConfig:
             raise ValueError(f"length must be 'source', 'target' or 'shortest', got {self.length!r}")
         if self.audio not in ("auto", "source", "target", "none"):
             raise ValueError(f"audio must be 'auto', 'source', 'target' or 'none', got {self.audio!r}")
+        if self.mouth_region not in ("inner", "lips"):
+            raise ValueError(f"mouth_region must be 'inner' or 'lips', got {self.mouth_region!r}")
         if self.mouth not in ("retrieval", "model"):
             raise ValueError(f"mouth must be 'retrieval' or 'model', got {self.mouth!r}")
         if self.crop_size < 32:
@@ -305,7 +312,8 @@ class _Reenactor:
         if not self.use_retrieval:
             return None
         # always use the best entry (max_cost = inf): a stretched target mouth looks better than the model's
-        db = MouthDatabase(MouthConfig(max_cost=float("inf")), expression_names=list(tgt.expression_names))
+        db = MouthDatabase(MouthConfig(max_cost=float("inf"), region=self.cfg.mouth_region),
+                           expression_names=list(tgt.expression_names))
         for i in idx:
             db.add(frames.get(int(i)), tgt.landmarks_2d[i], tgt.expression[i], frame_id=int(i))
         self.mouth_db = db

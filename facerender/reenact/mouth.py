@@ -65,6 +65,7 @@ __all__ = [
     "tps_transform",
     "MOUTH_POINTS",
     "INNER_LIP_POINTS",
+    "OUTER_LIP_POINTS",
     "MOUTH_CORNERS",
 ]
 
@@ -72,6 +73,8 @@ __all__ = [
 MOUTH_POINTS: Tuple[int, ...] = tuple(range(48, 68))
 #: The inner-lip polygon (60-67, in order around the opening).
 INNER_LIP_POINTS: Tuple[int, ...] = tuple(range(60, 68))
+#: The outer-lip polygon (48-59, in order around the mouth).
+OUTER_LIP_POINTS: Tuple[int, ...] = tuple(range(48, 60))
 #: The outer mouth corners that define the normalised mouth frame.
 MOUTH_CORNERS: Tuple[int, int] = (48, 54)
 _SHAPE_POINTS = tuple(i for i in MOUTH_POINTS if i not in MOUTH_CORNERS)  # 18 points
@@ -104,6 +107,9 @@ class MouthConfig:
             inner-lip gap / retrieved gap, per column). A wider desired opening keeps the retrieved teeth at this
             stretch next to each lip and fills the rest with the mouth cavity (``inf``: one thin-plate spline
             stretches the whole crop, the plain Face2Face warp).
+        region: what :meth:`MouthDatabase.warp` replaces: ``"inner"`` the inside of the inner lips (teeth, tongue,
+            cavity; the lips stay the caller's), ``"lips"`` the whole mouth inside the outer lips, the retrieved
+            lips included.
         cavity_shading: ``(back, tongue)``: the cavity's brightness relative to the target's lip colour at its
             top (the dark back of the mouth) and its bottom (the tongue).
 
@@ -125,6 +131,7 @@ class MouthConfig:
     max_cost: float = 0.15
     candidates: int = 16
     max_stretch: float = 1.3
+    region: str = "inner"
     cavity_shading: Tuple[float, float] = (0.3, 0.9)
 
     def __post_init__(self) -> None:
@@ -148,6 +155,8 @@ class MouthConfig:
             raise ValueError(f"candidates must be an int >= 1, got {self.candidates!r}")
         if not isinstance(self.max_stretch, (int, float)) or not self.max_stretch >= 1:
             raise ValueError(f"max_stretch must be a number >= 1 (inf: no cavity), got {self.max_stretch!r}")
+        if self.region not in ("inner", "lips"):
+            raise ValueError(f"region must be 'inner' or 'lips', got {self.region!r}")
         cs = self.cavity_shading
         if not (isinstance(cs, (tuple, list)) and len(cs) == 2
                 and all(isinstance(v, (int, float)) and 0 <= v <= 2 for v in cs)):
@@ -313,8 +322,10 @@ def _polygon_signed_distance(px: torch.Tensor, poly: torch.Tensor) -> torch.Tens
 
 
 def inner_mouth_alpha(landmarks, image_size: Tuple[int, int], *, grow: float = 1.0, feather: float = 2.0,
-                      box: Optional[Tuple[int, int, int, int]] = None) -> torch.Tensor:
-    """Feathered mask of the inside of the inner-lip polygon (iBUG points 60-67).
+                      box: Optional[Tuple[int, int, int, int]] = None,
+                      polygon: Sequence[int] = INNER_LIP_POINTS) -> torch.Tensor:
+    """Feathered mask of the inside of the inner-lip polygon (iBUG points 60-67; ``polygon``: other points in
+    order, e.g. :data:`OUTER_LIP_POINTS` for the whole mouth with the lips).
 
     Args:
         landmarks: ``(68, 2)`` pixels (package convention: pixel centres at +0.5).
@@ -337,7 +348,7 @@ def inner_mouth_alpha(landmarks, image_size: Tuple[int, int], *, grow: float = 1
     ys = torch.arange(top, bottom, dtype=torch.float64) + 0.5
     xs = torch.arange(left, right, dtype=torch.float64) + 0.5
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
-    sd = _polygon_signed_distance(grid, lm[list(INNER_LIP_POINTS)])
+    sd = _polygon_signed_distance(grid, lm[list(polygon)])
     a = ((sd + grow) / max(float(feather), 1e-6)).clamp(0, 1) if feather > 0 else (sd + grow >= 0).to(torch.float64)
     alpha[top:bottom, left:right] = a.reshape(bottom - top, right - left).to(torch.float32)
     return alpha
@@ -736,7 +747,8 @@ class MouthDatabase:
         H, W = int(image_size[0]), int(image_size[1])
         if H <= 0 or W <= 0:
             raise ValueError(f"image_size must be positive (H, W), got {image_size!r}")
-        inner = lm[list(INNER_LIP_POINTS)]
+        polygon = INNER_LIP_POINTS if self.config.region == "inner" else OUTER_LIP_POINTS
+        inner = lm[list(polygon)]
         pad = float(max(grow, 0.0)) + margin + 1
         top = max(int(np.floor(float(inner[:, 1].min()) - pad)), 0)
         bottom = min(int(np.ceil(float(inner[:, 1].max()) + pad)), H)
@@ -773,7 +785,7 @@ class MouthDatabase:
             patch = torch.lerp(patch, colour.to(torch.float32).reshape(patch.shape),
                                weight.to(torch.float32).reshape(bottom - top, right - left, 1))
         image[top:bottom, left:right] = patch
-        alpha = inner_mouth_alpha(lm, (H, W), grow=grow, feather=feather, box=box)
+        alpha = inner_mouth_alpha(lm, (H, W), grow=grow, feather=feather, box=box, polygon=polygon)
         return MouthWarp(image, alpha, box)
 
     def _cavity_warp(self, lm: torch.Tensor, dst: torch.Tensor, nd: torch.Tensor, src_lm: torch.Tensor,
