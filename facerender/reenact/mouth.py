@@ -845,7 +845,7 @@ class MouthDatabase:
 
     @property
     def lip_colour(self) -> torch.Tensor:
-        """``(3,)`` float32 in [0, 1]: the target's lip colour, the median over (up to 200 evenly spaced) entries of
+        """``(3,)`` float32 in [0, 1]: the target's lip colour, the median over (up to 48 evenly spaced) entries of
         the median colour between each entry's outer (48-59) and inner (60-67) lip polygons; the base colour of
         the cavity in :meth:`warp`. Computed once per database."""
         if self._lip_colour is None:
@@ -856,7 +856,7 @@ class MouthDatabase:
                                     torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij")
             grid = torch.stack([xs, ys], -1).reshape(-1, 2)
             cols = []
-            for i in np.unique(np.linspace(0, n - 1, min(n, 200)).round().astype(np.int64)):
+            for i in np.unique(np.linspace(0, n - 1, min(n, 48)).round().astype(np.int64)):
                 clm = d["crop_lm"][i].to(torch.float64)
                 outer = _polygon_signed_distance(grid, clm[:12])
                 inner_sd = _polygon_signed_distance(grid, clm[12:])
