@@ -37,8 +37,10 @@ model-rendered mouth.
 **Warp** (:meth:`MouthDatabase.warp`): a thin-plate spline through the 20 mouth landmarks maps every output pixel
 near the desired mouth to the retrieved crop, which is sampled bilinearly (``grid_sample``). The returned alpha is
 the inside of the desired INNER-lip polygon (points 60-67), grown by ``grow`` pixels and feathered over ``feather``
-pixels (from the exact distance to the polygon), so only teeth, tongue and the dark interior are replaced; the lips
-stay the render's.
+pixels (from the exact distance to the polygon), so only teeth, tongue and the dark interior are replaced and the lips
+stay the render's; with ``MouthConfig.region = "lips"`` it is the OUTER-lip polygon (48-59): the retrieved lips too.
+A desired opening wider than ``max_stretch`` times the entry's is not stretched: the entry's teeth follow each lip
+and the extra opening is a mouth cavity shaded from the target's lip colour (:meth:`MouthDatabase.warp`).
 """
 from __future__ import annotations
 
@@ -713,7 +715,8 @@ class MouthDatabase:
         """Warp entry ``index``'s crop onto the desired mouth.
 
         A thin-plate spline through the 20 mouth landmarks (desired positions -> the entry's landmarks in crop
-        pixels) gives, for every pixel of the box around the desired inner lips, where to sample the crop.
+        pixels) gives, for every pixel of the box around the desired inner lips (outer lips with
+        ``config.region = "lips"``), where to sample the crop.
 
         **Wider openings than the entry's.** Where the desired inner-lip gap exceeds ``max_stretch`` times the
         entry's (per column, at the three inner-lip pairs 61/67, 62/66, 63/65), one spline would stretch the
@@ -730,7 +733,7 @@ class MouthDatabase:
             image_size: ``(H, W)`` of the output image.
             grow, feather: the inner-mouth alpha (:func:`inner_mouth_alpha`).
             regularization: TPS smoothing (0: exact interpolation of the landmarks).
-            margin: extra pixels around the inner-lip box.
+            margin: extra pixels around the inner-lip (outer-lip) box.
             max_stretch: overrides ``config.max_stretch`` (``inf``: one spline, no cavity).
         Returns:
             :class:`MouthWarp` ``(image (H, W, 3), alpha (H, W), box)``.
@@ -748,12 +751,12 @@ class MouthDatabase:
         if H <= 0 or W <= 0:
             raise ValueError(f"image_size must be positive (H, W), got {image_size!r}")
         polygon = INNER_LIP_POINTS if self.config.region == "inner" else OUTER_LIP_POINTS
-        inner = lm[list(polygon)]
+        outline = lm[list(polygon)]
         pad = float(max(grow, 0.0)) + margin + 1
-        top = max(int(np.floor(float(inner[:, 1].min()) - pad)), 0)
-        bottom = min(int(np.ceil(float(inner[:, 1].max()) + pad)), H)
-        left = max(int(np.floor(float(inner[:, 0].min()) - pad)), 0)
-        right = min(int(np.ceil(float(inner[:, 0].max()) + pad)), W)
+        top = max(int(np.floor(float(outline[:, 1].min()) - pad)), 0)
+        bottom = min(int(np.ceil(float(outline[:, 1].max()) + pad)), H)
+        left = max(int(np.floor(float(outline[:, 0].min()) - pad)), 0)
+        right = min(int(np.ceil(float(outline[:, 0].max()) + pad)), W)
         image = torch.zeros(H, W, 3, dtype=torch.float32)
         box = (top, bottom, left, right)
         if bottom <= top or right <= left:
@@ -794,7 +797,7 @@ class MouthDatabase:
         """Crop positions ``(M, 2)`` of the pixel centres ``pts (M, 2)`` from the two lip-following splines, and the
         cavity's ``(weight (M,), shade (M,))`` (see :meth:`warp`). ``nd``: the desired mouth points (20, 2) in the
         normalised frame; ``excess``: ``(3,)`` per inner-lip pair, normalised units."""
-        o, A, s = mouth_frame(lm)
+        _, A, s = mouth_frame(lm)
         move = excess[:, None] * s * A[1]  # (3, 2) pixels along the mouth's downward axis
         up_idx, lo_idx = _INNER_PAIRS
         up_outer, lo_outer = _OUTER_PAIRS
