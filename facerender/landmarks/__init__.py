@@ -18,10 +18,12 @@ from .detect import (
     detect_faces,
     detect_landmarks,
     dlib_model_path,
+    edge_padded_crop,
     face_descriptor,
     get_detector,
     mediapipe_to_ibug68,
     points_box,
+    predict_shape,
 )
 from .files import (
     box_from_dlib_rect,
@@ -40,7 +42,7 @@ __all__ = [
     "FaceDetection", "Landmarks", "FaceLandmarkDetector", "DlibDetector", "MediaPipeDetector",
     "MEDIAPIPE_TO_IBUG68", "SAME_PERSON_THRESHOLD", "as_landmarks", "available_detectors", "box_iou",
     "clear_model_cache", "descriptor_distance", "detect_faces", "detect_landmarks", "dlib_model_path",
-    "face_descriptor", "get_detector", "mediapipe_to_ibug68", "points_box",
+    "face_descriptor", "get_detector", "mediapipe_to_ibug68", "points_box", "predict_shape", "edge_padded_crop",
     "read_pts", "write_pts", "read_ljson", "read_ljson_groups", "read_landmarks", "from_dlib_points",
     "to_dlib_points", "box_from_dlib_rect", "box_to_dlib_ltrb",
     "nme", "normalized_point_errors", "outer_eye_distance", "OUTER_EYE_CORNERS",

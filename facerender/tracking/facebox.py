@@ -54,6 +54,8 @@ from ..landmarks.detect import (
     _dlib_face_detector,
     _dlib_predictor,
     box_iou,
+    edge_padded_crop,
+    predict_shape,
 )
 from ..landmarks.files import box_from_dlib_rect, box_to_dlib_ltrb, from_dlib_points
 from ..io.image import to_uint8_rgb
@@ -339,20 +341,15 @@ class LandmarkTracker:
         dlib = _import_dlib()
         predictor = _dlib_predictor(cfg.predictor_path)
         side = min(box[2] - box[0], box[3] - box[1])
-        H, W = img.shape[:2]
         if side >= cfg.small_face:
-            shape = predictor(img, dlib.rectangle(*box_to_dlib_ltrb(box)))
-            return from_dlib_points(shape), False
+            return predict_shape(predictor, img, box), False  # edge-padded where the face crosses the border
         f = int(min(8, max(2, math.ceil(cfg.predictor_size / max(side, 1.0)))))
         m = 0.5 * side
-        x0 = int(max(0, math.floor(box[0] - m)))
-        y0 = int(max(0, math.floor(box[1] - m)))
-        x1 = int(min(W, math.ceil(box[2] + m)))
-        y1 = int(min(H, math.ceil(box[3] + m)))
+        x0, y0 = int(math.floor(box[0] - m)), int(math.floor(box[1] - m))
+        x1, y1 = int(math.ceil(box[2] + m)), int(math.ceil(box[3] + m))
         if x1 - x0 < 2 or y1 - y0 < 2:
-            shape = predictor(img, dlib.rectangle(*box_to_dlib_ltrb(box)))
-            return from_dlib_points(shape), False
-        crop = _resize(np.ascontiguousarray(img[y0:y1, x0:x1]), ((x1 - x0) * f, (y1 - y0) * f))
+            return predict_shape(predictor, img, box), False
+        crop = _resize(edge_padded_crop(img, x0, y0, x1, y1), ((x1 - x0) * f, (y1 - y0) * f))
         b = ((box[0] - x0) * f, (box[1] - y0) * f, (box[2] - x0) * f, (box[3] - y0) * f)
         shape = predictor(np.ascontiguousarray(crop), dlib.rectangle(*box_to_dlib_ltrb(b)))
         pts = from_dlib_points(shape) / f + np.array([x0, y0], dtype=np.float64)
