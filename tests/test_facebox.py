@@ -16,6 +16,7 @@ from facerender.tracking.facebox import (
     LandmarkTracker,
     LandmarkTrackerConfig,
     _similarity_residual,
+    box_frame,
     box_from_landmarks,
     face_frame,
     face_patch,
@@ -80,9 +81,18 @@ def test_face_frame_and_box_are_similarity_equivariant():
     np.testing.assert_allclose(c2, k * R @ c + t, atol=1e-9)
     assert s2 == pytest.approx(k * s, rel=1e-12)
     assert a2 == pytest.approx(a + th, abs=1e-9)
+    cb, sb = box_frame(p)
+    cb2, sb2 = box_frame(q)
+    np.testing.assert_allclose(cb2, k * R @ cb + t, atol=1e-9)
+    assert sb2 == pytest.approx(k * sb, rel=1e-12)
     b = box_from_landmarks(p, 3.0, 0.1)
-    assert b[2] - b[0] == pytest.approx(3.0 * s) and b[3] - b[1] == pytest.approx(3.0 * s)
-    assert (b[1] + b[3]) / 2 == pytest.approx(c[1] + 0.1 * s)
+    assert b[2] - b[0] == pytest.approx(3.0 * sb) and b[3] - b[1] == pytest.approx(3.0 * sb)
+    assert (b[1] + b[3]) / 2 == pytest.approx(cb[1] + 0.1 * sb)
+    # the box ignores the mouth and the jaw (an opening mouth or a tongue does not move it)
+    moved = p.copy()
+    moved[list(range(0, 17)) + list(range(48, 68))] += rng.normal(size=(37, 2)) * 15
+    assert box_from_landmarks(moved, 3.0, 0.1) == pytest.approx(b)
+    assert face_frame(moved)[1] != pytest.approx(s)
     assert _similarity_residual(p[17:], q[17:]) == pytest.approx(0.0, abs=1e-9)
     assert _similarity_residual(p[17:], q[17:] + rng.normal(size=(51, 2))) > 0.5
 
