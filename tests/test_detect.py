@@ -108,6 +108,14 @@ def test_edge_padded_crop_replicates_the_border():
     np.testing.assert_array_equal(c[4], c[2])  # below the image: its last row repeated
     with pytest.raises(ValueError, match="empty"):
         edge_padded_crop(img, 3, 0, 3, 2)
+    # any window, also wholly beside the image, equals indexing with clipped coordinates
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x0, y0 = (int(v) for v in rng.integers(-12, 12, 2))
+        w, h = (int(v) for v in rng.integers(1, 15, 2))
+        rows, cols = np.clip(np.arange(y0, y0 + h), 0, 4), np.clip(np.arange(x0, x0 + w), 0, 6)
+        np.testing.assert_array_equal(edge_padded_crop(img, x0, y0, x0 + w, y0 + h), img[rows[:, None], cols])
+    np.testing.assert_array_equal(edge_padded_crop(img[..., 0], -1, -1, 1, 1), [[0, 0], [0, 0]])  # grey images
 
 
 @pytest.mark.parametrize("name", ["lenna", "breakingbad"])

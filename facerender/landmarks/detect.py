@@ -313,9 +313,16 @@ def edge_padded_crop(image: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> n
         raise ValueError(f"empty window x [{x0}, {x1}), y [{y0}, {y1})")
     if x0 >= 0 and y0 >= 0 and x1 <= W and y1 <= H:
         return np.ascontiguousarray(image[y0:y1, x0:x1])
-    rows = np.clip(np.arange(y0, y1), 0, H - 1)
-    cols = np.clip(np.arange(x0, x1), 0, W - 1)
-    return np.ascontiguousarray(image[rows[:, None], cols[None, :]])
+    # the part inside the image (at least its nearest row / column), then edge padding
+    ya, yb = min(max(y0, 0), H - 1), max(min(y1, H), 1)
+    xa, xb = min(max(x0, 0), W - 1), max(min(x1, W), 1)
+    ya, xa = min(ya, yb - 1), min(xa, xb - 1)
+    inside = image[ya:yb, xa:xb]
+    pad = ((ya - y0, y1 - yb), (xa - x0, x1 - xb)) + ((0, 0),) * (image.ndim - 2)
+    out = np.pad(inside, tuple((max(a, 0), max(b, 0)) for a, b in pad), mode="edge")
+    # windows entirely beside the image: cut the padded block to the window
+    oy, ox = max(0, -(ya - y0)), max(0, -(xa - x0))
+    return np.ascontiguousarray(out[oy:oy + (y1 - y0), ox:ox + (x1 - x0)])
 
 
 #: Predictor margin (times the box side) that must lie inside the image; beyond it the image is edge-padded.
