@@ -136,6 +136,8 @@ def test_faces_cut_by_the_border_are_read_on_an_edge_padded_image(dlib_ready, ph
     # a box well inside the image is run as it is
     np.testing.assert_array_equal(predict_shape(predictor, image, face.box),
                                   from_dlib_points(predictor(image, dlib.rectangle(*box_to_dlib_ltrb(face.box)))))
+    with pytest.raises(ValueError, match="margin"):
+        predict_shape(predictor, image, face.box, margin=-0.1)
 
 
 def test_dlib_points_are_pixel_centres(dlib_ready, photos):

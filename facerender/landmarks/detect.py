@@ -339,6 +339,8 @@ def predict_shape(predictor, image: np.ndarray, box: Box, margin: float = PREDIC
     its side crosses the image border, the predictor runs on that window cut from the edge-padded image
     (:func:`edge_padded_crop`); boxes well inside the image are run as they are (identical results).
     """
+    if not isinstance(margin, (int, float)) or not margin >= 0:
+        raise ValueError(f"margin must be a number >= 0 (times the box side), got {margin!r}")
     dlib = _import_dlib()
     H, W = image.shape[:2]
     side = max(box[2] - box[0], box[3] - box[1])
