@@ -241,8 +241,9 @@ def mouth_frame(landmarks) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return origin, torch.stack([ex, ey], -2), scale
 
 
-def _normalise(points: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
-    o, A, s = mouth_frame(landmarks)
+def _normalise(points: torch.Tensor, landmarks: torch.Tensor, frame=None) -> torch.Tensor:
+    """``points (..., P, 2)`` in the normalised mouth frame of ``landmarks`` (or of a given ``mouth_frame``)."""
+    o, A, s = mouth_frame(landmarks) if frame is None else frame
     return torch.einsum("...ij,...pj->...pi", A, points - o[..., None, :]) / s[..., None, None]
 
 
@@ -767,16 +768,17 @@ class MouthDatabase:
         xs = torch.arange(left, right, dtype=torch.float64) + 0.5
         pts = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
         # excess of the desired inner-lip gap over the stretched entry gap, per inner-lip pair (normalised units)
-        nd = _normalise(dst, lm)
+        frame = mouth_frame(lm)
+        nd = _normalise(dst, lm, frame)
         ne = self._from_crop(src_lm)
         up_i, lo_i = list(_INNER_PAIRS[0]), list(_INNER_PAIRS[1])
         gap_e = (ne[lo_i, 1] - ne[up_i, 1]).clamp_min(0)
         excess = (nd[lo_i, 1] - nd[up_i, 1] - stretch * gap_e).clamp_min(0) if math.isfinite(stretch) else None
-        if excess is None or float(excess.max()) * float(mouth_frame(lm)[2]) < 0.5:  # under half a pixel
+        if excess is None or float(excess.max()) * float(frame[2]) < 0.5:  # under half a pixel
             src = tps_transform(tps_fit(dst, src_lm, regularization), pts)
             cavity = None
         else:
-            src, cavity = self._cavity_warp(lm, dst, nd, src_lm, excess, pts, regularization)
+            src, cavity = self._cavity_warp(frame, dst, nd, src_lm, excess, pts, regularization)
         h, w = self.config.crop_size
         grid = torch.stack([2 * src[:, 0] / w - 1, 2 * src[:, 1] / h - 1], -1).reshape(1, bottom - top, right - left, 2)
         crop = e["crop"].permute(2, 0, 1)[None].to(torch.float32) / 255.0
@@ -791,13 +793,14 @@ class MouthDatabase:
         alpha = inner_mouth_alpha(lm, (H, W), grow=grow, feather=feather, box=box, polygon=polygon)
         return MouthWarp(image, alpha, box)
 
-    def _cavity_warp(self, lm: torch.Tensor, dst: torch.Tensor, nd: torch.Tensor, src_lm: torch.Tensor,
+    def _cavity_warp(self, frame, dst: torch.Tensor, nd: torch.Tensor, src_lm: torch.Tensor,
                      excess: torch.Tensor, pts: torch.Tensor, regularization: float
                      ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """Crop positions ``(M, 2)`` of the pixel centres ``pts (M, 2)`` from the two lip-following splines, and the
-        cavity's ``(weight (M,), shade (M,))`` (see :meth:`warp`). ``nd``: the desired mouth points (20, 2) in the
-        normalised frame; ``excess``: ``(3,)`` per inner-lip pair, normalised units."""
-        _, A, s = mouth_frame(lm)
+        cavity's ``(weight (M,), shade (M,))`` (see :meth:`warp`). ``frame``: the desired landmarks'
+        :func:`mouth_frame`; ``nd``: the desired mouth points (20, 2) in it; ``excess``: ``(3,)`` per inner-lip pair,
+        normalised units."""
+        _, A, s = frame
         move = excess[:, None] * s * A[1]  # (3, 2) pixels along the mouth's downward axis
         up_idx, lo_idx = _INNER_PAIRS
         up_outer, lo_outer = _OUTER_PAIRS
@@ -811,7 +814,7 @@ class MouthDatabase:
         src_u = tps_transform(tps_fit(dst_u, src_lm, regularization), pts)
         src_l = tps_transform(tps_fit(dst_l, src_lm, regularization), pts)
         # the desired inner lips as curves over the normalised x axis (corners 60 and 64 at both ends)
-        q = _normalise(pts, lm)
+        q = _normalise(pts, None, frame)
         qx, qy = q[:, 0].numpy(), q[:, 1].numpy()
         c0, c1 = nd[_INNER_CORNERS[0]].numpy(), nd[_INNER_CORNERS[1]].numpy()
         upper = np.concatenate([[c0], nd[list(up_idx)].numpy(), [c1]])
@@ -850,7 +853,8 @@ class MouthDatabase:
     def lip_colour(self) -> torch.Tensor:
         """``(3,)`` float32 in [0, 1]: the target's lip colour, the median over (up to 48 evenly spaced) entries of
         the median colour between each entry's outer (48-59) and inner (60-67) lip polygons; the base colour of
-        the cavity in :meth:`warp`. Computed once per database."""
+        the cavity in :meth:`warp` (a generic lip red, (0.55, 0.3, 0.3), when no entry shows 8 lip pixels). Computed
+        once per database."""
         if self._lip_colour is None:
             d = self._data()
             n = d["crops"].shape[0]

@@ -55,6 +55,7 @@ from ..landmarks.detect import (
     Landmarks,
     _import_dlib,
     _dlib_face_detector,
+    PREDICTOR_MARGIN,
     _dlib_predictor,
     box_iou,
     edge_padded_crop,
@@ -181,12 +182,16 @@ class FaceObservation:
 
 
 # ----------------------------------------------------------------------------------------------------- geometry
+def _centroid_radius(q: np.ndarray) -> Tuple[np.ndarray, float]:
+    """Centroid ``(2,)`` and RMS distance from it of points ``(N, 2)``."""
+    c = q.mean(0)
+    return c, float(np.sqrt(((q - c) ** 2).sum(1).mean()))
+
+
 def face_frame(points: np.ndarray) -> Tuple[np.ndarray, float, float]:
     """``(c (2,), s, angle)`` of 68 points: centroid and RMS radius of the inner points 17-67, and the angle of the
     line from the right eye's centre (36-41) to the left eye's (42-47), radians (0 for an upright face)."""
-    q = points[INNER]
-    c = q.mean(0)
-    s = float(np.sqrt(((q - c) ** 2).sum(1).mean()))
+    c, s = _centroid_radius(points[INNER])
     e = points[42:48].mean(0) - points[36:42].mean(0)
     return c, s, float(math.atan2(e[1], e[0]))
 
@@ -200,9 +205,7 @@ def box_frame(points: np.ndarray) -> Tuple[np.ndarray, float]:
     predictor's box. Measured on expressions_d6 (1,008 frames of strong expressions, tongue out included): the
     tracked inner-lip opening agrees with dlib's from a fresh HOG box on every frame at r = 0.914 with this box,
     0.861 with a box from all 51 inner points."""
-    q = points[BOX_POINTS]
-    c = q.mean(0)
-    return c, float(np.sqrt(((q - c) ** 2).sum(1).mean()))
+    return _centroid_radius(points[BOX_POINTS])
 
 
 def box_from_landmarks(points: np.ndarray, scale: float, offset: float) -> Box:
@@ -362,7 +365,7 @@ class LandmarkTracker:
         if side >= cfg.small_face:
             return predict_shape(predictor, img, box), False  # edge-padded where the face crosses the border
         f = int(min(8, max(2, math.ceil(cfg.predictor_size / max(side, 1.0)))))
-        m = 0.5 * side
+        m = PREDICTOR_MARGIN * side
         x0, y0 = int(math.floor(box[0] - m)), int(math.floor(box[1] - m))
         x1, y1 = int(math.ceil(box[2] + m)), int(math.ceil(box[3] + m))
         if x1 - x0 < 2 or y1 - y0 < 2:
