@@ -38,6 +38,8 @@ setup(
         "pillow>=9",
         "tqdm>=4.60",
         "kornia>=0.7",
+        # caps NumPy's / SciPy's OpenBLAS at one thread inside the small dense kernels (fitting/solver_np.py)
+        "threadpoolctl>=3.1",
     ],
     extras_require=extras,
     entry_points={"console_scripts": ["facerender=facerender.cli:main"]},

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
 from morphable_models import LinearFaceModel
@@ -51,6 +52,10 @@ class LandmarkFitConfig:
         bound_rounds: active-set rounds per LM step for the [0, 1] expression bounds (see the solver).
         contour_rounds: solves per stage; the jawline correspondences are re-chosen between solves (stops early
             when they no longer change).
+        backend: ``"auto"`` (the NumPy kernel of :mod:`~facerender.fitting.landmark_np` for models on the CPU, the
+            batched torch path otherwise), ``"numpy"`` or ``"torch"``. Both minimise the same energy with the same
+            solver rules; the NumPy kernel avoids PyTorch's per-operation cost, which dominates a 68-point fit on a
+            CPU (docs/fitting.md: 2-3x faster), and works in float64.
     """
 
     w_landmark: float = 1.0
@@ -69,6 +74,11 @@ class LandmarkFitConfig:
     contour_rounds: int = 1
     rtol: float = 3e-3
     bound_rounds: int = 3
+    backend: str = "auto"
+
+    def __post_init__(self):
+        if self.backend not in ("auto", "numpy", "torch"):
+            raise ValueError(f"backend must be 'auto', 'numpy' or 'torch', got {self.backend!r}")
 
 
 @dataclass
@@ -225,6 +235,9 @@ def fit_landmarks(
               torch.zeros(B, K_id, dtype=dt, device=dev)))
     expr = init["expression"].to(dt) if init is not None and "expression" in init else torch.zeros(
         B, K_ex, dtype=dt, device=dev)
+    backend = cfg.backend if cfg.backend != "auto" else ("numpy" if dev.type == "cpu" else "torch")
+    if backend == "numpy":
+        return _fit_numpy(model, cfg, targets, conf, f, pp, ident, expr, init, fixed_identity is not None)
     if init is not None and "rotation" in init:
         rot, trans = init["rotation"].to(dt), init["translation"].to(dt)
     else:
@@ -287,4 +300,46 @@ def fit_landmarks(
         expression=values["expression"], focal=values["focal"].reshape(-1), principal_point=pp,
         landmarks_2d=term.last_uv, targets=targets, confidence=conf,
         energy_history=torch.cat(histories, 0), status=status, iterations=iters,
+    )
+
+
+def _fit_numpy(model, cfg, targets, conf, f, pp, ident, expr, init, fixed_identity: bool) -> LandmarkFitResult:
+    """:func:`fit_landmarks` through the NumPy kernel, item by item (see :mod:`.landmark_np`)."""
+    from .landmark_np import fit_one
+    from .solver_np import single_threaded_blas
+
+    dt, dev = model.dtype, model.device
+    B = targets.shape[0]
+
+    def host(t):
+        return t.detach().to("cpu", torch.float64).numpy()
+
+    T, C, F, PP, ID, EX = (host(t) for t in (targets, conf, f, pp, ident.expand(B, -1), expr.expand(B, -1)))
+    warm = init is not None and "rotation" in init
+    if warm:
+        RO, TR = host(init["rotation"].expand(B, 3)), host(init["translation"].expand(B, 3))
+    out = {k: [] for k in ("rotation", "translation", "identity", "expression", "focal")}
+    uvs, hists, iters, status = [], [], [], []
+    for b in range(B):
+        with single_threaded_blas():
+            values, uv, h, it, st = fit_one(model, cfg, T[b], C[b], float(F[b]), PP[b], ID[b], EX[b],
+                                            RO[b] if warm else None, TR[b] if warm else None, fixed_identity)
+        for k in out:
+            out[k].append(values[k])
+        uvs.append(uv)
+        hists.append(np.concatenate([np.asarray(x) for x in h]))
+        iters.append(it)
+        status.append(st)
+    n = max(len(h) for h in hists)
+    hist = np.stack([np.pad(h, (0, n - len(h)), mode="edge") for h in hists], 1)  # finished items repeat theirs
+
+    def tt(a, dtype=dt):
+        return torch.as_tensor(np.asarray(a), dtype=dtype).to(dev)
+
+    return LandmarkFitResult(
+        rotation=tt(np.stack(out["rotation"])), translation=tt(np.stack(out["translation"])),
+        identity=tt(np.stack(out["identity"])), expression=tt(np.stack(out["expression"])),
+        focal=tt(np.concatenate(out["focal"])), principal_point=pp, landmarks_2d=tt(np.stack(uvs)),
+        targets=targets, confidence=conf, energy_history=tt(hist), status=status,
+        iterations=tt(iters, torch.long),
     )

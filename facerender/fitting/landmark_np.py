@@ -1,0 +1,321 @@
+"""The CPU kernel of :func:`facerender.fitting.landmark_fit.fit_landmarks`: the same fit in NumPy, one image at a time.
+
+Same energy as :class:`~facerender.fitting.energies.LandmarkTerm` + the identity / expression
+:class:`~facerender.fitting.energies.PriorTerm` s (Huber on each point's normalised error, confidence weights, the
+sliding jawline re-chosen between solves), the same closed-form rigid start as
+:func:`~facerender.fitting.landmark_fit.initial_pose`, and the same Levenberg-Marquardt rules through
+:func:`facerender.fitting.solver_np.gauss_newton_dense`. Why it exists: a 68-point fit is dominated by PyTorch's
+per-operation dispatch on a CPU (module docstring of :mod:`~facerender.fitting.solver_np`); this kernel makes the
+same arithmetic with about a tenth of the call overhead. Computed in float64 whatever the model's dtype.
+
+``fit_landmarks`` uses it for models on the CPU (``LandmarkFitConfig.backend="auto"``); the batched torch path
+stays for GPUs and as the reference the tests compare with.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from morphable_models import LinearFaceModel
+from morphable_models.geometry import AXIS_FLIP
+
+from .energies import _TAYLOR, _TINY, _landmark_rows, _rodrigues_feature_matrix
+from .solver import GaussNewtonConfig
+from .solver_np import gauss_newton_dense
+
+_FLIP = np.asarray(AXIS_FLIP, dtype=np.float64).reshape(3, 1)
+_FEATURES = _rodrigues_feature_matrix().numpy()  # (53, 36)
+_TAYLOR_NP = _TAYLOR.numpy()
+_TAYLOR_BELOW = np.array([_TINY, _TINY, 1e-3, 1e-3, 1e-3])
+_FEATURE_COEF = np.array([1] * 3 + [2] * 3 + [2] * 9 + [3] * 9 + [4] * 27)
+
+
+def rodrigues_np(w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``R (3, 3)`` and ``dR/dw_k (3, 3, 3)`` (last = k) of one axis-angle vector: the feature product of
+    :func:`~facerender.fitting.energies.rodrigues_with_derivative` (same Taylor switch points, float64)."""
+    ww = np.outer(w, w)
+    t2 = float(ww[0, 0] + ww[1, 1] + ww[2, 2])
+    t2s = max(t2, _TINY)
+    t = math.sqrt(t2s)
+    c, a = math.cos(t), math.sin(t) / t
+    b = (1.0 - c) / t2s
+    big = np.array([c, a, b, (c - a) / t2s, (a - 2.0 * b) / t2s])
+    taylor = _TAYLOR_NP[0] + t2 * (_TAYLOR_NP[1] + t2 * _TAYLOR_NP[2])
+    coef = np.where(t2 < _TAYLOR_BELOW, taylor, big)
+    www = (ww[:, :, None] * w).ravel()
+    wf = ww.ravel()
+    mono = np.concatenate([w, w, wf, wf, www])
+    phi = np.concatenate([coef[:2], mono * coef[_FEATURE_COEF]])
+    out = phi @ _FEATURES
+    return out[:9].reshape(3, 3), out[9:].reshape(3, 3, 3)
+
+
+def _rows_np(model: LinearFaceModel, sliding: bool) -> Dict[str, np.ndarray]:
+    """:func:`energies._landmark_rows` as float64 NumPy arrays (cached on the model)."""
+    key = ("landmark_rows_np", sliding, model.template.data_ptr())
+    if key in model.extra:
+        return model.extra[key]
+    d = _landmark_rows(model, sliding, torch.float64, torch.device("cpu"))
+    out = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
+    out["basis_T"] = np.ascontiguousarray(out["basis_T"])
+    out["template_flat"] = out["template_flat"].reshape(-1)
+    if sliding:
+        S = out["lines"].shape[0] - 1
+        seg = np.arange(S)[None]
+        nr = out["n_right"]
+        j = np.arange(17)[:, None]
+        allowed = np.where(j < 8, seg < nr + 1, np.where(j > 8, seg >= nr - 1, (seg >= nr - 2) & (seg <= nr + 1)))
+        out["not_allowed"] = ~allowed
+    model.extra[key] = out
+    return out
+
+
+def initial_pose_np(model: LinearFaceModel, targets: np.ndarray, focal: float, pp: np.ndarray,
+                    identity: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`~facerender.fitting.landmark_fit.initial_pose` for one image: ``rotation (3,)``, ``translation (3,)``."""
+    from scipy.spatial.transform import Rotation
+
+    from .landmark_fit import _RIGID_POINTS
+
+    key = ("rigid_rows_np", model.template.data_ptr())
+    if key not in model.extra:
+        ids = model.landmarks["ibug68"].vertex_index[_RIGID_POINTS]
+        idt = torch.as_tensor(ids, device=model.device)
+        V = model.num_vertices
+        model.extra[key] = (model.template[idt].detach().cpu().double().numpy(),
+                            model.identity_basis.view(-1, V, 3)[:, idt].detach().cpu().double().numpy())
+    X, Bid = model.extra[key]
+    if identity is not None:
+        X = X + np.einsum("k,knc->nc", identity, Bid)
+    T = targets[_RIGID_POINTS]
+    mX, mT = X.mean(0), T.mean(0)
+    Xc, Tc = X - mX, T - mT
+    with np.errstate(all="ignore"):
+        try:
+            A = np.linalg.solve(Xc.T @ Xc, Xc.T @ Tc).T  # (2, 3)
+            U, S, Vh = np.linalg.svd(A, full_matrices=False)
+            rows, scale = U @ Vh, float(S.mean())
+        except np.linalg.LinAlgError:
+            rows, scale = np.full((2, 3), np.nan), math.nan
+    if not (np.isfinite(rows).all() and math.isfinite(scale) and scale > 1e-6 * focal):
+        rows, scale = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]), focal / 60.0
+    M = np.vstack([rows, np.cross(rows[0], rows[1])])  # camera-from-model rotation F R
+    R = M * _FLIP
+    z = focal / scale
+    MX = M @ mX
+    txy = (mT - pp) * z / focal - MX[:2]
+    return Rotation.from_matrix(R).as_rotvec(), np.array([txy[0], txy[1], z - MX[2]])
+
+
+class LandmarkEnergyNp:
+    """Normal equations of the landmark fit of ONE image over a block layout (see the module docstring).
+
+    Args:
+        model: the face model (``ibug68`` landmarks).
+        targets: ``(68, 2)`` pixels; confidence ``(68,)``; weight, huber, sliding: as :class:`LandmarkTerm`.
+        priors: ``{block: (weight, sigma (size,))}`` for identity / expression.
+    """
+
+    def __init__(self, model: LinearFaceModel, targets: np.ndarray, confidence: np.ndarray, weight: float,
+                 sliding: bool, huber: Optional[float], priors: Dict[str, Tuple[float, np.ndarray]]):
+        sliding = sliding and "jawline_right_extended" in model.landmarks
+        self.data = d = _rows_np(model, sliding)
+        self.sliding = sliding
+        self.L = L = d["L"]
+        self.K_id = model.num_identity
+        self.targets = targets
+        eye = float(np.hypot(*(targets[45] - targets[36])))
+        box = float(np.hypot(*(targets.max(0) - targets.min(0)))) / 3.0
+        self.scale = max(eye if eye > 1e-3 else box, 1e-3)
+        self.w = math.sqrt(weight / L) * np.sqrt(np.maximum(confidence, 0.0)) / self.scale  # (L,)
+        self.cth = None if huber is None else self.w * (self.scale * huber)
+        self.tgt_t = np.ascontiguousarray(targets.T)  # (2, L)
+        self.tgt17 = targets[:17, None]  # (17, 1, 2)
+        self.priors = {k: (w / np.asarray(s, np.float64) ** 2) for k, (w, s) in priors.items()}
+        self.frozen = None  # (ia, ib, t) of the contour held fixed during a solve
+        self._rows = None
+        if not sliding:
+            self._rows = (np.ascontiguousarray(d["template"][:L].T),
+                          np.ascontiguousarray(d["basis"][:L].transpose(1, 0, 2)))
+
+    # ---- contour
+    def _contour(self, R: np.ndarray, t: np.ndarray, c: np.ndarray, f: float, pp: np.ndarray):
+        d, L = self.data, self.L
+        X = (d["template_flat"] + c @ d["basis_T"]).reshape(-1, 3)
+        Xc = X @ (R * _FLIP).T + t
+        z = np.maximum(Xc[L:, 2:3], 1e-6)
+        uvp = Xc[L:, :2] / z * f + pp
+        out = uvp @ (R * _FLIP)[:2, 0]
+        lines = d["lines"]
+        score = d["lines_bias"] + out[lines] * d["side"][:, None]
+        chosen = lines[np.arange(lines.shape[0]), score.argmax(1)]
+        poly = uvp[chosen]
+        a = poly[None, :-1]
+        ab = poly[None, 1:] - a
+        da = self.tgt17 - a  # (17, S, 2)
+        tt = np.clip((da * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12), 0.0, 1.0)
+        d2 = np.square(da - tt[..., None] * ab).sum(-1)
+        d2[d["not_allowed"]] = math.inf
+        seg = d2.argmin(1)
+        j = np.arange(17)
+        return L + chosen[seg], L + chosen[seg + 1], tt[j, seg], Xc
+
+    def freeze(self, R, t, c, f, pp) -> bool:
+        """Hold the contour correspondences at these parameters; True when they changed (as
+        :meth:`LandmarkTerm.freeze_contour`)."""
+        if not self.sliding:
+            return False
+        ia, ib, tt, _ = self._contour(R, t, c, f, pp)
+        old = self.frozen
+        self.frozen = (ia, ib, tt)
+        d, L = self.data, self.L
+        wa = (1.0 - tt)[:, None]
+        T_j = wa * d["template"][ia] + (1.0 - wa) * d["template"][ib]
+        B_j = wa[..., None] * d["basis"][ia] + (1.0 - wa[..., None]) * d["basis"][ib]
+        T = np.concatenate([T_j, d["template"][17:L]])
+        Bs = np.concatenate([B_j, d["basis"][17:L]])
+        self._rows = (np.ascontiguousarray(T.T), np.ascontiguousarray(Bs.transpose(1, 0, 2)))
+        return old is None or not (np.array_equal(old[0], ia) and np.array_equal(old[1], ib))
+
+    def project(self, R, t, c, f, pp) -> np.ndarray:
+        """``(68, 2)`` projected model landmarks with freshly chosen contour correspondences."""
+        if not self.sliding:
+            T, Bc = self._rows
+            X = T + (Bc.reshape(3 * self.L, -1) @ c).reshape(3, self.L)
+            Xc = (R * _FLIP) @ X + t[:, None]
+            return (Xc[:2] / np.maximum(Xc[2], 1e-6) * f + pp[:, None]).T
+        ia, ib, tt, Xc = self._contour(R, t, c, f, pp)
+        Xj = Xc[ia] + tt[:, None] * (Xc[ib] - Xc[ia])
+        P = np.concatenate([Xj, Xc[17:self.L]])
+        return P[:, :2] / np.maximum(P[:, 2:], 1e-6) * f + pp
+
+    # ---- normal equations
+    def normal_equations(self, x: np.ndarray, layout, fixed: Dict[str, np.ndarray], pp: np.ndarray
+                         ) -> Tuple[np.ndarray, np.ndarray, float]:
+        """``(J^T J (P, P), J^T r (P,), 0.5 ||r||^2)`` at ``x (P,)`` with the contour frozen (IRLS-weighted for
+        Huber, as :meth:`LandmarkTerm.normal_equations`, plus the diagonal priors of the free blocks)."""
+        sl = layout.slices
+        v = {k: (x[sl[k]] if k in sl else fixed[k]) for k in ("rotation", "translation", "identity", "expression",
+                                                               "focal")}
+        L, P = self.L, x.size
+        R, dR = rodrigues_np(v["rotation"])
+        M = R * _FLIP
+        t, f = v["translation"], float(v["focal"][0])
+        c = np.concatenate([v["identity"], v["expression"]])
+        T, Bc = self._rows
+        K = Bc.shape[-1]
+        X = T + (Bc.reshape(3 * L, K) @ c).reshape(3, L)
+        Xc = M @ X + t[:, None]
+        z = np.maximum(Xc[2], 1e-6)
+        q = Xc[:2] / z
+        uv = q * f + pp[:, None]
+        w = self.w
+        dd = w * (uv - self.tgt_t)  # (2, L)
+        n2 = (dd * dd).sum(0)
+        if self.cth is None:
+            E = 0.5 * float(n2.sum())
+            sw, rw = w, dd
+        else:
+            omega = np.minimum(self.cth / np.sqrt(np.maximum(n2, 1e-30)), 1.0)
+            E = 0.5 * float((n2 * omega * (2.0 - omega)).sum())
+            so = np.sqrt(omega)
+            sw, rw = so * w, so * dd
+        D = np.zeros((3, L, P))
+        if "rotation" in sl:
+            dRf = dR * _FLIP[:, :, None]
+            D[:, :, sl["rotation"]] = np.einsum("ijk,jn->ink", dRf, X)
+        if "translation" in sl:
+            s0 = sl["translation"].start
+            for i in range(3):
+                D[i, :, s0 + i] = 1.0
+        if "identity" in sl or "expression" in sl:
+            MB = (M @ Bc.reshape(3, L * K)).reshape(3, L, K)
+            if "identity" in sl and "expression" in sl and sl["expression"].start == sl["identity"].stop:
+                D[:, :, sl["identity"].start:sl["expression"].stop] = MB
+            else:
+                if "identity" in sl:
+                    D[:, :, sl["identity"]] = MB[..., :self.K_id]
+                if "expression" in sl:
+                    D[:, :, sl["expression"]] = MB[..., self.K_id:]
+        if "focal" in sl:
+            D[:2, :, sl["focal"].start] = Xc[:2] / f
+        J = ((sw * f / z)[:, None] * (D[:2] - q[..., None] * D[2:3])).reshape(2 * L, P)
+        H = J.T @ J
+        g = J.T @ rw.reshape(-1)
+        for name, dp in self.priors.items():
+            if name in sl:
+                s, val = sl[name], v[name]
+                H[np.arange(s.start, s.stop), np.arange(s.start, s.stop)] += dp
+                dv = dp * val
+                g[s] += dv
+                E += 0.5 * float(dv @ val)
+        return H, g, E
+
+
+def fit_one(model: LinearFaceModel, cfg, targets: np.ndarray, conf: np.ndarray, focal: float, pp: np.ndarray,
+            identity: np.ndarray, expression: np.ndarray, rotation: Optional[np.ndarray],
+            translation: Optional[np.ndarray], fixed_identity: bool):
+    """One image (float64 arrays); ``rotation``/``translation`` None: the closed-form start. Returns ``(values, landmarks_2d (68, 2), histories, iterations, status)``."""
+    from .params import Block, ParameterLayout
+
+    K_id, K_ex = identity.size, expression.size
+    warm = rotation is not None
+    if not warm:
+        rotation, translation = initial_pose_np(model, targets, focal, pp, identity if fixed_identity else None)
+    values = {"rotation": rotation, "translation": translation, "identity": identity, "expression": expression,
+              "focal": np.array([focal])}
+    priors = {"identity": (cfg.w_identity, model.identity_std.detach().cpu().double().numpy()),
+              "expression": (cfg.w_expression, np.full(K_ex, cfg.expression_sigma))}
+    histories: List[List[float]] = []
+    iters, status = 0, "converged"
+
+    def run(blocks, iterations, term: LandmarkEnergyNp, rounds):
+        nonlocal values, iters, status
+        layout = ParameterLayout(blocks)
+        lo = np.array([b.lower for b in layout.blocks for _ in range(b.size)], dtype=np.float64)
+        hi = np.array([b.upper for b in layout.blocks for _ in range(b.size)], dtype=np.float64)
+        fixed = {k: val for k, val in values.items() if k not in layout}
+        gcfg = GaussNewtonConfig(max_iterations=iterations, rtol=cfg.rtol, linear_solver="cholesky",
+                                 check_rank=False, bound_rounds=cfg.bound_rounds, stop_on_model_decrease=True)
+
+        def ne(x):
+            return term.normal_equations(x, layout, fixed, pp)
+
+        damping = None
+        for k in range(max(1, rounds)):
+            x0 = np.concatenate([values[b.name] for b in layout.blocks])
+            R = rodrigues_np(values["rotation"])[0]
+            changed = term.freeze(R, values["translation"],
+                                  np.concatenate([values["identity"], values["expression"]]),
+                                  float(values["focal"][0]), pp)
+            if k > 0 and not changed:
+                break
+            res = gauss_newton_dense(ne, x0, lo, hi, gcfg, damping)
+            damping = res.damping
+            values = {**values, **{name: res.params[s] for name, s in layout.slices.items()}}
+            histories.append(res.energy_history)
+            iters += res.iterations
+            status = res.status_name
+
+    rigid = [Block("rotation", 3), Block("translation", 3)]
+    if cfg.rigid_iterations > 0 and not warm:
+        inner_conf = conf.copy()
+        inner_conf[:17] = 0
+        inner = LandmarkEnergyNp(model, targets, inner_conf, cfg.w_landmark, False, cfg.huber, priors)
+        run(rigid, cfg.rigid_iterations, inner, 1)
+    blocks = list(rigid)
+    if cfg.fit_focal:
+        blocks.append(Block("focal", 1, 1.0, float("inf")))
+    if cfg.fit_identity and not fixed_identity:
+        blocks.append(Block("identity", K_id))
+    if cfg.fit_expression:
+        blocks.append(Block("expression", K_ex, 0.0, 1.0))
+    term = LandmarkEnergyNp(model, targets, conf, cfg.w_landmark, cfg.sliding_contour, cfg.huber, priors)
+    run(blocks, cfg.max_iterations, term, cfg.contour_rounds)
+    R = rodrigues_np(values["rotation"])[0]
+    uv = term.project(R, values["translation"], np.concatenate([values["identity"], values["expression"]]),
+                      float(values["focal"][0]), pp)
+    return values, uv, histories, iters, status
