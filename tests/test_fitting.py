@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -357,6 +358,101 @@ def test_landmark_fit_recovers_synthetic(ict_model, yaw):
     ex = {k: float(res.expression[0, m.expression_names.index(k)]) for k in truth}
     assert abs(ex["jawOpen"] - 0.5) < 0.2, ex
     assert abs(ex["mouthSmile_L"] + ex["mouthSmile_R"] - 1.2) < 0.4, ex
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the NumPy kernel of fit_landmarks (fitting/landmark_np.py) against the torch path
+
+
+@pytest.mark.parametrize("layout", ["full", "fixed_identity_focal", "plain_no_slide"])
+def test_numpy_kernel_normal_equations_equal_torch(model64, layout):
+    """LandmarkEnergyNp's normal equations (Huber or plain, sliding or not, identity / expression / focal blocks)
+    equal EnergyProblem's with the same frozen contour, to round-off; rodrigues_np equals the torch feature product
+    at every angle scale; the contour correspondences and the projected landmarks are the same."""
+    from facerender.fitting.landmark_np import LandmarkEnergyNp, rodrigues_np
+
+    m = model64
+    g = torch.Generator().manual_seed(21)
+    for ang in (0.0, 1e-5, 0.02, 0.4, 2.5):
+        w = torch.nn.functional.normalize(torch.randn(1, 3, generator=g, dtype=torch.float64), dim=-1) * ang
+        R, dR = rodrigues_with_derivative(w)
+        Rn, dRn = rodrigues_np(w[0].numpy())
+        np.testing.assert_allclose(Rn, R[0].numpy(), atol=1e-14)
+        np.testing.assert_allclose(dRn, dR[0].numpy(), atol=1e-13)
+    blocks = {"full": [Block("rotation", 3), Block("translation", 3), Block("identity", 100),
+                       Block("expression", 53, 0, 1)],
+              "fixed_identity_focal": [Block("rotation", 3), Block("translation", 3), Block("focal", 1, 1.0),
+                                       Block("expression", 53, 0, 1)],
+              "plain_no_slide": [Block("rotation", 3), Block("translation", 3), Block("expression", 53, 0, 1),
+                                 Block("identity", 100)]}[layout]
+    huber, sliding = (None, False) if layout == "plain_no_slide" else (0.1, True)
+    lay = ParameterLayout(blocks)
+    full = dict(rotation=_pose(30, 10, -5), translation=torch.tensor([[1.0, -2.0, 60.0]], dtype=torch.float64),
+                focal=torch.full((1, 1), 700.0, dtype=torch.float64),
+                identity=torch.randn(1, 100, generator=g, dtype=torch.float64),
+                expression=torch.rand(1, 53, generator=g, dtype=torch.float64) * 0.5)
+    x = lay.join(full)
+    fixed = {k: v for k, v in full.items() if k not in lay}
+    pp = torch.tensor([[256.0, 250.0]], dtype=torch.float64)
+    targets = torch.rand(1, 68, 2, generator=g, dtype=torch.float64) * 200 + 150
+    conf = torch.rand(1, 68, generator=g, dtype=torch.float64)
+    term = LandmarkTerm(m, targets, conf, 1.0, sliding_contour=sliding, huber=huber)
+    sig_id, sig_ex = m.identity_std.double(), torch.full((53,), 0.7, dtype=torch.float64)
+    priors = [PriorTerm("identity", 2e-3, sig_id), PriorTerm("expression", 3e-2, sig_ex)]
+    prob = EnergyProblem(lay, [term] + priors, fixed, pp)
+    term.freeze_contour(prob.kinematics(x, False))
+    H, gv, E = prob.normal_equations(x)
+    nk = LandmarkEnergyNp(m, targets[0].numpy(), conf[0].numpy(), 1.0, sliding, huber,
+                          {"identity": (2e-3, sig_id.numpy()), "expression": (3e-2, sig_ex.numpy())})
+    v = {k: t[0].numpy() for k, t in full.items()}
+    Rm = rodrigues_np(v["rotation"])[0]
+    c = np.concatenate([v["identity"], v["expression"]])
+    nk.freeze(Rm, v["translation"], c, 700.0, pp[0].numpy())
+    Hn, gn, En = nk.normal_equations(x[0].numpy(), lay, {k: t[0].numpy() for k, t in fixed.items()}, pp[0].numpy())
+    np.testing.assert_allclose(Hn, H[0].numpy(), rtol=1e-9, atol=1e-12 * float(H.abs().max()))
+    np.testing.assert_allclose(gn, gv[0].numpy(), rtol=1e-9, atol=1e-12 * float(gv.abs().max()))
+    assert En == pytest.approx(float(E[0]), rel=1e-12)
+    term.freeze_contour(None)
+    uv = term.project_landmarks(prob.kinematics(x, False))
+    np.testing.assert_allclose(nk.project(Rm, v["translation"], c, 700.0, pp[0].numpy()), uv[0].numpy(), atol=1e-9)
+
+
+def test_numpy_kernel_fit_equals_torch_fit(model64):
+    """fit_landmarks with backend="numpy" (the CPU default) and backend="torch" on the same float64 model: the same
+    parameters, landmarks, iterations and statuses, for a batch of two (item by item in NumPy), with a fixed
+    identity and a warm start, and with the rigid stage, two contour rounds and a free focal length."""
+    m = model64
+    g = torch.Generator().manual_seed(2)
+    B = 2
+    rot = torch.cat([_pose(-25, 8, 3), _pose(15, -5, 0)])
+    trans = torch.tensor([[0.5, -1.0, 70.0], [-1.0, 0.5, 60.0]], dtype=torch.float64)
+    ident = torch.randn(B, 100, generator=g, dtype=torch.float64) * 0.8
+    expr = torch.rand(B, 53, generator=g, dtype=torch.float64) * 0.3
+    from morphable_models import model_to_camera
+
+    lm = m.get_landmarks(model_to_camera(m(ident, expr).vertices, rot, trans))
+    targets = lm[..., :2] / lm[..., 2:] * 768.0 + 256.0
+    targets = targets + torch.randn(targets.shape, generator=g, dtype=torch.float64)  # detector noise, 1 px
+    conf = torch.rand(B, 68, generator=g, dtype=torch.float64) * 0.5 + 0.5
+    cases = [(LandmarkFitConfig(), {}),
+             (LandmarkFitConfig(), dict(fixed_identity=ident)),
+             (LandmarkFitConfig(), dict(init=dict(rotation=rot, translation=trans, expression=expr))),
+             (LandmarkFitConfig(rigid_iterations=2, contour_rounds=2, fit_focal=True, huber=None), {})]
+    results = []
+    for cfg, kw in cases:
+        a = fit_landmarks(m, targets, (512, 512), conf, replace(cfg, backend="torch"), focal=768.0, **kw)
+        b = fit_landmarks(m, targets, (512, 512), conf, replace(cfg, backend="numpy"), focal=768.0, **kw)
+        assert a.status == b.status and torch.equal(a.iterations, b.iterations), (kw, a.status, b.status)
+        for k in ("rotation", "translation", "identity", "expression", "focal"):
+            torch.testing.assert_close(getattr(b, k), getattr(a, k), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(b.landmarks_2d, a.landmarks_2d, rtol=0, atol=1e-6)
+        torch.testing.assert_close(b.energy_history, a.energy_history, rtol=1e-8, atol=0)
+        assert float((b.landmarks_2d - targets).norm(dim=-1).mean()) < 2.5  # 1 px noise, jaw vertices vs contour
+        results.append(b)
+    one = fit_landmarks(m, targets[1:], (512, 512), conf[1:], LandmarkFitConfig(backend="numpy"), focal=768.0)
+    torch.testing.assert_close(one.expression[0], results[0].expression[1], rtol=0, atol=0)  # items independent
+    with pytest.raises(ValueError, match="backend"):
+        LandmarkFitConfig(backend="gpu")
 
 
 def _detect_for(name, faces_dir):

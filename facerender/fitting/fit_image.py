@@ -225,7 +225,7 @@ def fit_image(
     lcfg = cfg.landmark
     f_full = float(focal) if focal is not None else (lcfg.focal or default_focal((H, W), lcfg.focal_factor))
     lres = fit_landmarks(model, torch.as_tensor(pts.copy(), dtype=dt, device=dev), (H, W),
-                         torch.as_tensor(conf, dtype=dt, device=dev)[None], lcfg, focal=f_full)
+                         torch.as_tensor(conf.copy(), dtype=dt, device=dev)[None], lcfg, focal=f_full)
     timings["landmark_fit"] = time.perf_counter() - t1
     history = {"landmarks": lres.energy_history[:, 0].tolist()}
     if any(s not in ("converged", "max_iterations") for s in lres.status):
