@@ -22,35 +22,48 @@ import torch
 from morphable_models import LinearFaceModel
 from morphable_models.geometry import AXIS_FLIP
 
-from .energies import _TAYLOR, _TINY, _landmark_rows, _rodrigues_feature_matrix
+from .energies import _TAYLOR, _TINY, _landmark_rows
 from .solver import GaussNewtonConfig
 from .solver_np import gauss_newton_dense
 
 _FLIP = np.asarray(AXIS_FLIP, dtype=np.float64).reshape(3, 1)
-_FEATURES = _rodrigues_feature_matrix().numpy()  # (53, 36)
-_TAYLOR_NP = _TAYLOR.numpy()
-_TAYLOR_BELOW = np.array([_TINY, _TINY, 1e-3, 1e-3, 1e-3])
-_FEATURE_COEF = np.array([1] * 3 + [2] * 3 + [2] * 9 + [3] * 9 + [4] * 27)
+_EYE = np.eye(3)
+# E[i, j, k] = ([e_k]x)_ij
+_SKEW_K = np.array([[[0, 0, 0], [0, 0, -1], [0, 1, 0]], [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],
+                    [[0, -1, 0], [1, 0, 0], [0, 0, 0]]], dtype=np.float64).transpose(1, 2, 0)
+# Taylor coefficients (orders 0, 1, 2 in t^2) of [cos t, sin t / t, (1 - cos t) / t^2, a', b'] (energies._TAYLOR)
+_TAYLOR_NP = _TAYLOR.numpy().T.tolist()
 
 
 def rodrigues_np(w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """``R (3, 3)`` and ``dR/dw_k (3, 3, 3)`` (last = k) of one axis-angle vector: the feature product of
-    :func:`~facerender.fitting.energies.rodrigues_with_derivative` (same Taylor switch points, float64)."""
-    ww = np.outer(w, w)
-    t2 = float(ww[0, 0] + ww[1, 1] + ww[2, 2])
+    """``R (3, 3)`` and ``dR/dw_k (3, 3, 3)`` (last = k) of one axis-angle vector.
+
+    The closed form of :func:`~facerender.fitting.energies.rodrigues_with_derivative`: ``R = cos t I + a K + b w w^T``
+    and ``dR/dw_k = w_k (-a I + a' K + b' w w^T) + a E_k + b (e_k w^T + w e_k^T)``, with the same Taylor series
+    below the same switch points (float64). Scalars in Python floats: about 15 small NumPy calls.
+    """
+    x, y, zz = float(w[0]), float(w[1]), float(w[2])
+    t2 = x * x + y * y + zz * zz
     t2s = max(t2, _TINY)
     t = math.sqrt(t2s)
-    c, a = math.cos(t), math.sin(t) / t
-    b = (1.0 - c) / t2s
-    big = np.array([c, a, b, (c - a) / t2s, (a - 2.0 * b) / t2s])
-    taylor = _TAYLOR_NP[0] + t2 * (_TAYLOR_NP[1] + t2 * _TAYLOR_NP[2])
-    coef = np.where(t2 < _TAYLOR_BELOW, taylor, big)
-    www = (ww[:, :, None] * w).ravel()
-    wf = ww.ravel()
-    mono = np.concatenate([w, w, wf, wf, www])
-    phi = np.concatenate([coef[:2], mono * coef[_FEATURE_COEF]])
-    out = phi @ _FEATURES
-    return out[:9].reshape(3, 3), out[9:].reshape(3, 3, 3)
+    coef = []
+    for k, (c0, c1, c2) in enumerate(_TAYLOR_NP):
+        if t2 < (_TINY if k < 2 else 1e-3):
+            coef.append(c0 + t2 * (c1 + t2 * c2))
+        else:
+            coef.append(None)
+    c = coef[0] if coef[0] is not None else math.cos(t)
+    a = coef[1] if coef[1] is not None else math.sin(t) / t
+    b = coef[2] if coef[2] is not None else (1.0 - math.cos(t)) / t2s
+    a1 = coef[3] if coef[3] is not None else (math.cos(t) - math.sin(t) / t) / t2s
+    b1 = coef[4] if coef[4] is not None else (math.sin(t) / t - 2.0 * (1.0 - math.cos(t)) / t2s) / t2s
+    K = np.array([[0.0, -zz, y], [zz, 0.0, -x], [-y, x, 0.0]])
+    ww = np.outer(w, w)
+    R = c * _EYE + a * K + b * ww
+    inner = b1 * ww + a1 * K - a * _EYE  # (3, 3)
+    ew = _EYE[:, None, :] * w[None, :, None]  # e_k w^T: [i, j, k] = d_ik w_j
+    dR = inner[:, :, None] * w + a * _SKEW_K + b * (ew + ew.transpose(1, 0, 2))
+    return R, dR
 
 
 def _rows_np(model: LinearFaceModel, sliding: bool) -> Dict[str, np.ndarray]:
@@ -76,8 +89,6 @@ def _rows_np(model: LinearFaceModel, sliding: bool) -> Dict[str, np.ndarray]:
 def initial_pose_np(model: LinearFaceModel, targets: np.ndarray, focal: float, pp: np.ndarray,
                     identity: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """:func:`~facerender.fitting.landmark_fit.initial_pose` for one image: ``rotation (3,)``, ``translation (3,)``."""
-    from scipy.spatial.transform import Rotation
-
     from .landmark_fit import _RIGID_POINTS
 
     key = ("rigid_rows_np", model.template.data_ptr())
@@ -107,7 +118,23 @@ def initial_pose_np(model: LinearFaceModel, targets: np.ndarray, focal: float, p
     z = focal / scale
     MX = M @ mX
     txy = (mT - pp) * z / focal - MX[:2]
-    return Rotation.from_matrix(R).as_rotvec(), np.array([txy[0], txy[1], z - MX[2]])
+    return matrix_to_rotvec(R), np.array([txy[0], txy[1], z - MX[2]])
+
+
+def matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
+    """Axis-angle vector of a rotation matrix: ``theta / (2 sin theta) * vee(R - R^T)``, first order below 1e-6 rad,
+    and SciPy's quaternion method near pi (where the skew part vanishes). 10x cheaper than building a SciPy
+    ``Rotation`` for one matrix."""
+    v = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    cos = min(1.0, max(-1.0, 0.5 * (R[0, 0] + R[1, 1] + R[2, 2] - 1.0)))
+    theta = math.acos(cos)
+    if theta < 1e-6:
+        return 0.5 * v
+    if theta > math.pi - 1e-3:
+        from scipy.spatial.transform import Rotation
+
+        return Rotation.from_matrix(R).as_rotvec()
+    return v * (theta / (2.0 * math.sin(theta)))
 
 
 class LandmarkEnergyNp:
@@ -138,8 +165,15 @@ class LandmarkEnergyNp:
         self.frozen = None  # (ia, ib, t) of the contour held fixed during a solve
         self._rows = None
         if not sliding:
-            self._rows = (np.ascontiguousarray(d["template"][:L].T),
-                          np.ascontiguousarray(d["basis"][:L].transpose(1, 0, 2)))
+            self._set_rows(d["template"][:L], d["basis"][:L])
+
+    def _set_rows(self, T: np.ndarray, Bs: np.ndarray) -> None:
+        """Rows of the fitted points: template ``(L, 3)`` and basis ``(L, 3, K)``, kept as the coordinate-major
+        template ``(3, L)``, the flat coordinate-major basis ``(3 L, K)`` (for ``X = T + B c``) and the point-major
+        basis ``(L, 3, K)`` (for the Jacobian's per-point products)."""
+        L, K = Bs.shape[0], Bs.shape[-1]
+        self._rows = (np.ascontiguousarray(T.T), np.ascontiguousarray(Bs.transpose(1, 0, 2)).reshape(3 * L, K),
+                      np.ascontiguousarray(Bs))
 
     # ---- contour
     def _contour(self, R: np.ndarray, t: np.ndarray, c: np.ndarray, f: float, pp: np.ndarray):
@@ -175,16 +209,14 @@ class LandmarkEnergyNp:
         wa = (1.0 - tt)[:, None]
         T_j = wa * d["template"][ia] + (1.0 - wa) * d["template"][ib]
         B_j = wa[..., None] * d["basis"][ia] + (1.0 - wa[..., None]) * d["basis"][ib]
-        T = np.concatenate([T_j, d["template"][17:L]])
-        Bs = np.concatenate([B_j, d["basis"][17:L]])
-        self._rows = (np.ascontiguousarray(T.T), np.ascontiguousarray(Bs.transpose(1, 0, 2)))
+        self._set_rows(np.concatenate([T_j, d["template"][17:L]]), np.concatenate([B_j, d["basis"][17:L]]))
         return old is None or not (np.array_equal(old[0], ia) and np.array_equal(old[1], ib))
 
     def project(self, R, t, c, f, pp) -> np.ndarray:
         """``(68, 2)`` projected model landmarks with freshly chosen contour correspondences."""
         if not self.sliding:
-            T, Bc = self._rows
-            X = T + (Bc.reshape(3 * self.L, -1) @ c).reshape(3, self.L)
+            T, BcF, _ = self._rows
+            X = T + (BcF @ c).reshape(3, self.L)
             Xc = (R * _FLIP) @ X + t[:, None]
             return (Xc[:2] / np.maximum(Xc[2], 1e-6) * f + pp[:, None]).T
         ia, ib, tt, Xc = self._contour(R, t, c, f, pp)
@@ -205,9 +237,8 @@ class LandmarkEnergyNp:
         M = R * _FLIP
         t, f = v["translation"], float(v["focal"][0])
         c = np.concatenate([v["identity"], v["expression"]])
-        T, Bc = self._rows
-        K = Bc.shape[-1]
-        X = T + (Bc.reshape(3 * L, K) @ c).reshape(3, L)
+        T, BcF, BcL = self._rows
+        X = T + (BcF @ c).reshape(3, L)
         Xc = M @ X + t[:, None]
         z = np.maximum(Xc[2], 1e-6)
         q = Xc[:2] / z
@@ -223,32 +254,42 @@ class LandmarkEnergyNp:
             E = 0.5 * float((n2 * omega * (2.0 - omega)).sum())
             so = np.sqrt(omega)
             sw, rw = so * w, so * dd
-        D = np.zeros((3, L, P))
+        # per point, d (u, v) / d X_cam = a [[1, 0, -q_x], [0, 1, -q_y]] with a = sqrt(weight) f / z: G (L, 2, 3);
+        # each block's d X_cam / d theta then enters by one batched product. Rows point-major (x_l, y_l).
+        a = sw * f / z
+        G = np.zeros((L, 2, 3))
+        G[:, 0, 0] = a
+        G[:, 1, 1] = a
+        G[:, :, 2] = -(a * q).T
+        J = np.empty((L, 2, P))
         if "rotation" in sl:
-            dRf = dR * _FLIP[:, :, None]
-            D[:, :, sl["rotation"]] = np.einsum("ijk,jn->ink", dRf, X)
+            dRf = dR * _FLIP[:, :, None]  # d(F R)/dw_k (3, 3, k)
+            Drot = (X.T @ dRf.transpose(1, 0, 2).reshape(3, 9)).reshape(L, 3, 3)  # [l, i, k] = dRf[i, :, k] . X_l
+            J[:, :, sl["rotation"]] = G @ Drot
         if "translation" in sl:
-            s0 = sl["translation"].start
-            for i in range(3):
-                D[i, :, s0 + i] = 1.0
+            J[:, :, sl["translation"]] = G
         if "identity" in sl or "expression" in sl:
-            MB = (M @ Bc.reshape(3, L * K)).reshape(3, L, K)
+            GM = G @ M  # (L, 2, 3): d (u, v) / d X_model
             if "identity" in sl and "expression" in sl and sl["expression"].start == sl["identity"].stop:
-                D[:, :, sl["identity"].start:sl["expression"].stop] = MB
+                J[:, :, sl["identity"].start:sl["expression"].stop] = GM @ BcL
             else:
                 if "identity" in sl:
-                    D[:, :, sl["identity"]] = MB[..., :self.K_id]
+                    J[:, :, sl["identity"]] = GM @ BcL[..., :self.K_id]
                 if "expression" in sl:
-                    D[:, :, sl["expression"]] = MB[..., self.K_id:]
+                    J[:, :, sl["expression"]] = GM @ BcL[..., self.K_id:]
         if "focal" in sl:
-            D[:2, :, sl["focal"].start] = Xc[:2] / f
-        J = ((sw * f / z)[:, None] * (D[:2] - q[..., None] * D[2:3])).reshape(2 * L, P)
+            J[:, :, sl["focal"].start] = (sw * q).T  # d (u, v) / d f = (u - pp) / f = q
+        for blk in layout.blocks:
+            if blk.name not in ("rotation", "translation", "identity", "expression", "focal"):
+                J[:, :, sl[blk.name]] = 0.0  # blocks that do not move the points (sh)
+        J = J.reshape(2 * L, P)
         H = J.T @ J
-        g = J.T @ rw.reshape(-1)
+        g = J.T @ rw.T.reshape(-1)
         for name, dp in self.priors.items():
             if name in sl:
                 s, val = sl[name], v[name]
-                H[np.arange(s.start, s.stop), np.arange(s.start, s.stop)] += dp
+                Hd = H.reshape(-1)[s.start * (P + 1):s.stop * (P + 1):P + 1]  # a view of the diagonal
+                Hd += dp
                 dv = dp * val
                 g[s] += dv
                 E += 0.5 * float(dv @ val)

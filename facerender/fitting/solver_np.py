@@ -196,13 +196,19 @@ def _step_schur(A: np.ndarray, rhs: np.ndarray, frozen: np.ndarray, x: np.ndarra
     b_r = b_e
     h_e = h_fix
     for r in range(max(1, rounds)):
-        free = np.flatnonzero(~fixed)
-        h_e = h_fix.copy()
-        if free.size:
-            U_e = _chol(S[np.ix_(free, free)])
+        if not fixed.any():  # nothing held: the whole complement (no gathers)
+            U_e = _chol(S)
             if U_e is None:
                 return None
-            h_e[free] = _cho_solve(U_e, b_r[free])
+            h_e = _cho_solve(U_e, b_r)
+        else:
+            free = np.flatnonzero(~fixed)
+            h_e = h_fix.copy()
+            if free.size:
+                U_e = _chol(S[np.ix_(free, free)])
+                if U_e is None:
+                    return None
+                h_e[free] = _cho_solve(U_e, b_r[free])
         xf = x_e + h_e
         viol = ~fixed & ((xf < lo_e) | (xf > hi_e))
         if r == rounds - 1 or not viol.any():
