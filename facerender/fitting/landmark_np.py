@@ -113,7 +113,9 @@ def initial_pose_np(model: LinearFaceModel, targets: np.ndarray, focal: float, p
             rows, scale = np.full((2, 3), np.nan), math.nan
     if not (np.isfinite(rows).all() and math.isfinite(scale) and scale > 1e-6 * focal):
         rows, scale = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]), focal / 60.0
-    M = np.vstack([rows, np.cross(rows[0], rows[1])])  # camera-from-model rotation F R
+    (a1, a2, a3), (b1, b2, b3) = rows.tolist()
+    M = np.array([[a1, a2, a3], [b1, b2, b3],  # camera-from-model rotation F R, third row r1 x r2
+                  [a2 * b3 - a3 * b2, a3 * b1 - a1 * b3, a1 * b2 - a2 * b1]])
     R = M * _FLIP
     z = focal / scale
     MX = M @ mX
