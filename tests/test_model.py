@@ -90,6 +90,32 @@ def test_gradcheck_normals_and_landmarks():
     assert torch.autograd.gradcheck(lambda x: m.get_landmarks(x, "pts"), (v,))
 
 
+def test_vertex_normals_sparse_equals_scatter_reference():
+    """The CSR incidence product gives the plain scatter's normals (batches, a degenerate face, an unused vertex),
+    its gradient passes gradcheck with a batch of 2, and the cached matrix follows in-place changes of the faces."""
+    from morphable_models import geometry as G
+
+    g = torch.Generator().manual_seed(0)
+    V = 40
+    faces = torch.randint(0, V - 1, (70, 3), generator=g)  # vertex V - 1 unused
+    faces[5] = torch.tensor([3, 3, 7])  # degenerate: a repeated corner
+    verts = torch.randn(3, V, 3, generator=g, dtype=torch.float64)
+
+    def reference(v, f):
+        fn = G.face_normals(v, f, normalize=False)
+        out = torch.zeros_like(v).index_add(1, f.reshape(-1), fn.repeat_interleave(3, dim=1))
+        return out / out.norm(dim=-1, keepdim=True).clamp_min(1e-20)
+
+    torch.testing.assert_close(vertex_normals(verts, faces), reference(verts, faces), rtol=1e-12, atol=1e-12)
+    assert torch.all(vertex_normals(verts, faces)[:, V - 1] == 0)
+    torch.testing.assert_close(vertex_normals(verts.float(), faces), reference(verts.float(), faces))
+    v = verts[:2].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: vertex_normals(x, faces), (v,))
+    faces[1, 0] = V - 1  # in place: the cached incidence matrix must not be reused
+    torch.testing.assert_close(vertex_normals(verts, faces), reference(verts, faces), rtol=1e-12, atol=1e-12)
+    assert torch.all(vertex_normals(verts, faces)[:, V - 1] != 0)
+
+
 @pytest.mark.parametrize("dt", [torch.float32, torch.float64])
 def test_dtype_device(dt, device):
     m = tiny_model(dtype=dt).to(device)
