@@ -159,6 +159,17 @@ def sample_bspline(image: torch.Tensor, uv: torch.Tensor, with_gradient: bool = 
     return val, torch.stack([gx, gy], -1)
 
 
+def _basis_rows(model: LinearFaceModel, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The model's identity and expression bases stacked ``(K, V, 3)`` in ``dtype`` and a vertex-major copy
+    ``(V, 3, K)``, cached on the model (a tracker builds a colour term per frame)."""
+    key = ("photometric_basis", dtype, str(model.template.device), model.template.data_ptr())
+    if key not in model.extra:
+        V = model.num_vertices
+        basis = torch.cat([model.identity_basis.view(-1, V, 3), model.expression_basis.view(-1, V, 3)]).to(dtype)
+        model.extra[key] = (basis, basis.permute(1, 2, 0).contiguous())
+    return model.extra[key]
+
+
 class PhotometricTerm(Term):
     """Face2Face's robust colour term over visible surface samples (see the module docstring).
 
@@ -190,9 +201,7 @@ class PhotometricTerm(Term):
         self.eps = eps
         self.min_cos = min_cos
         self.sample_mask = sample_mask
-        V = model.num_vertices
-        self.basis = torch.cat([model.identity_basis.view(-1, V, 3), model.expression_basis.view(-1, V, 3)]
-                               ).to(image.dtype)  # (K, V, 3)
+        self.basis, self._basis_vmajor = _basis_rows(model, image.dtype)  # (K, V, 3), (V, 3, K)
         self.kernel = torch.tensor([LAMBERTIAN_KERNEL[0]] + [LAMBERTIAN_KERNEL[1]] * 3 + [LAMBERTIAN_KERNEL[2]] * 5,
                                    dtype=image.dtype, device=image.device) / math.pi
         self.samples = None
@@ -248,7 +257,10 @@ class PhotometricTerm(Term):
         bw = torch.where(valid[..., None], bw, torch.full_like(bw, 1 / 3))
         # surface-point rows of the model: template and basis interpolated at the samples
         T = (m.template.to(dt)[fv] * bw[..., None]).sum(2)  # (B, S, 3)
-        Bs = torch.einsum("kbsjc,bsj->bsck", self.basis[:, fv], bw)  # (B, S, 3, K)
+        # (B, S, 3, K): the three corners' rows (vertex-major copy of the basis: one gather of contiguous (3, K)
+        # blocks) weighted by the barycentrics in one batched product; 0.8 ms instead of 6.9 ms for an einsum over
+        # the K-major basis at S = 1500, K = 53
+        Bs = (bw.unsqueeze(-2) @ self._basis_vmajor[fv].flatten(-2)).view(B, fv.shape[1], 3, -1)
         alb = (self.albedo[torch.arange(B, device=fv.device)[:, None, None], fv] * bw[..., None]).sum(2)
         self.samples = dict(T=T, Bs=Bs, normal=nrm[idx], albedo=alb, valid=valid.to(dt),
                             count=valid.sum(1).clamp_min(1).to(dt), face_vertices=fv, bary=bw)
