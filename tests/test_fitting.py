@@ -455,6 +455,54 @@ def test_numpy_kernel_fit_equals_torch_fit(model64):
         LandmarkFitConfig(backend="gpu")
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sample_bspline_value_and_derivative(dtype):
+    """The cubic B-spline sampler: values equal a direct sum over the 16 taps (border clamped), the returned
+    derivative equals autograd of the value and central differences, a constant image gives its constant, and
+    gradients reach the image when it requires them."""
+    from facerender.fitting.photometric import sample_bspline
+
+    g = torch.Generator().manual_seed(3)
+    B, H, W, C, S = 2, 9, 11, 3, 40
+    img = torch.rand(B, H, W, C, generator=g, dtype=dtype)
+    uv = torch.rand(B, S, 2, generator=g, dtype=dtype) * torch.tensor([W + 2.0, H + 2.0], dtype=dtype) - 1.0
+
+    def spline_w(t):
+        return [(1 - t) ** 3 / 6, (3 * t ** 3 - 6 * t ** 2 + 4) / 6, (-3 * t ** 3 + 3 * t ** 2 + 3 * t + 1) / 6,
+                t ** 3 / 6]
+
+    x, y = uv[..., 0] - 0.5, uv[..., 1] - 0.5
+    x0, y0 = torch.floor(x), torch.floor(y)
+    ref = torch.zeros(B, S, C, dtype=dtype)
+    for j, wyj in enumerate(spline_w(y - y0)):
+        for i, wxi in enumerate(spline_w(x - x0)):
+            xi = (x0.long() + i - 1).clamp(0, W - 1)
+            yi = (y0.long() + j - 1).clamp(0, H - 1)
+            ref += (wyj * wxi)[..., None] * img[torch.arange(B)[:, None], yi, xi]
+    val, grad = sample_bspline(img, uv, with_gradient=True)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(val, ref, **tol)
+    torch.testing.assert_close(sample_bspline(img, uv)[0], ref, **tol)
+    uvg = uv.clone().requires_grad_(True)
+    v2, g2 = sample_bspline(img, uvg, with_gradient=True)
+    auto = torch.stack([torch.autograd.grad(v2[..., c].sum(), uvg, retain_graph=True)[0] for c in range(C)], 2)
+    torch.testing.assert_close(grad, auto, **tol)
+    torch.testing.assert_close(g2, grad, **tol)
+    assert not g2.requires_grad
+    if dtype == torch.float64:
+        eps = 1e-6
+        for k in range(2):
+            e = torch.zeros(2, dtype=dtype)
+            e[k] = eps
+            fd = (sample_bspline(img, uv + e)[0] - sample_bspline(img, uv - e)[0]) / (2 * eps)
+            torch.testing.assert_close(grad[..., k], fd, rtol=1e-5, atol=1e-7)
+    const = torch.full((1, H, W, C), 0.3, dtype=dtype)
+    torch.testing.assert_close(sample_bspline(const, uv[:1])[0], torch.full((1, S, C), 0.3, dtype=dtype), **tol)
+    imgg = img.clone().requires_grad_(True)
+    sample_bspline(imgg, uv, with_gradient=True)[0].sum().backward()
+    assert imgg.grad is not None and float(imgg.grad.sum()) == pytest.approx(B * S * C, rel=1e-4)
+
+
 def _detect_for(name, faces_dir):
     from facerender.io.image import read_image
     from facerender.landmarks.detect import box_iou, detect_faces, detect_landmarks, points_box
