@@ -14,8 +14,9 @@ distance (px, 68 points) from the raw detected landmarks of:
 
 With ``--sweep``, a family of fixed-identity trackers on every frame of the longest run of consecutive solved
 frames: per-frame landmark fits with the best fixed identity on the detections smoothed by Savitzky-Golay windows of
-1 (none) to 15 frames (order 1 for 3 frames, 2 above; and the raw points blended with the 3-frame mean); for each, the jitter of the model's fixed iBUG-68 vertices relative to the detector's (RMS
-second temporal difference, as the tracker reports it) and the mean distance from the raw detections. The issue asks
+1 (none) to 15 frames (order 1 for 3 frames, 2 above; and the raw points blended with the 3-frame mean); for each,
+the jitter of the model's fixed iBUG-68 vertices relative to the detector's (RMS second temporal difference, as the
+tracker reports it) and the mean distance from the raw detections. The issue asks
 for both a jitter ratio <= 0.5 and a distance within the single-image fit's.
 
 Usage: python benchmarks/tracking_distance_floor.py TRACK_DIR [TRACK_DIR ...] [--every 5] [--rounds 6] [--sweep]

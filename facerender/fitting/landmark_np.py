@@ -301,7 +301,11 @@ class LandmarkEnergyNp:
 def fit_one(model: LinearFaceModel, cfg, targets: np.ndarray, conf: np.ndarray, focal: float, pp: np.ndarray,
             identity: np.ndarray, expression: np.ndarray, rotation: Optional[np.ndarray],
             translation: Optional[np.ndarray], fixed_identity: bool):
-    """One image (float64 arrays); ``rotation``/``translation`` None: the closed-form start. Returns ``(values, landmarks_2d (68, 2), histories, iterations, status)``."""
+    """Fit one image (float64 arrays; ``rotation`` / ``translation`` None: the closed-form start).
+
+    Returns ``(values {block: array}, landmarks_2d (68, 2), energy histories (one list per solve), iterations,
+    status of the last solve)``.
+    """
     from .params import Block, ParameterLayout
 
     K_id, K_ex = identity.size, expression.size
