@@ -66,6 +66,9 @@ _TAYLOR = torch.tensor([[1.0, 1.0, 0.5, -1.0 / 3, -1.0 / 12],
                         [-0.5, -1.0 / 6, -1.0 / 24, 1.0 / 30, 1.0 / 180],
                         [1.0 / 24, 1.0 / 120, 1.0 / 720, -1.0 / 840, -1.0 / 6720]], dtype=torch.float64)
 _TINY = 1e-20
+# t^2 below which (1 - cos t) / t^2, a' and b' take their series, (float32, float64): where cancellation (eps / t^2)
+# exceeds the series' truncation
+_TAYLOR_SWITCH = (3e-2, 1e-3)
 _SKEW_BASIS = torch.tensor([[[0, 0, 0], [0, 0, -1], [0, 1, 0]],
                             [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],
                             [[0, -1, 0], [1, 0, 0], [0, 0, 0]]], dtype=torch.float64)  # [e_k]x for k = 0, 1, 2
@@ -96,7 +99,7 @@ def _rotation_constants(dtype: torch.dtype, device: torch.device) -> Dict[str, t
     key = (dtype, str(device))
     out = _CONSTANTS.get(key)
     if out is None:
-        thr = 1e-3 if dtype == torch.float64 else 3e-2  # where cancellation (eps / t^2) exceeds truncation
+        thr = _TAYLOR_SWITCH[dtype == torch.float64]
         out = {"features": _rodrigues_feature_matrix(), "eye": torch.eye(3, dtype=torch.float64),
                "flip": torch.tensor(AXIS_FLIP, dtype=torch.float64).reshape(3, 1), "taylor": _TAYLOR,
                "taylor_below": torch.tensor([_TINY, _TINY, thr, thr, thr], dtype=torch.float64),
@@ -358,10 +361,18 @@ def _landmark_rows(model: LinearFaceModel, sliding: bool, dt: torch.dtype, dev: 
         pool, inv = np.unique(lines[valid], return_inverse=True)
         pool_lines = np.zeros_like(lines)
         pool_lines[valid] = inv
+        # polyline segments each jawline point may slide onto: points 0-7 on the right side (up to the chin's first
+        # segment), 9-16 on the left, the chin (8) on the segments around it
+        seg = np.arange(lines.shape[0] - 1)[None]
+        j = np.arange(17)[:, None]
+        allowed = np.where(j < 8, seg < n_right + 1,
+                           np.where(j > 8, seg >= n_right - 1, (seg >= n_right - 2) & (seg <= n_right + 1)))
         out.update(lines=torch.as_tensor(pool_lines, device=dev),  # (Np, C) indices into the pool
                    lines_valid=torch.as_tensor(valid, device=dev),
                    side=torch.as_tensor(side, dtype=dt, device=dev),  # +1 subject's left, -1 right, 0 chin
-                   n_right=n_right)
+                   n_right=n_right,
+                   allowed=torch.as_tensor(allowed, device=dev),  # (17, Np - 1)
+                   not_allowed=torch.as_tensor(~allowed, device=dev))
     ids = torch.as_tensor(lm if pool is None else np.concatenate([lm, pool]), device=model.device)
     V = model.num_vertices
     basis = torch.cat([model.identity_basis.view(-1, V, 3)[:, ids], model.expression_basis.view(-1, V, 3)[:, ids]])
@@ -412,13 +423,12 @@ class LandmarkTerm(Term):
         if sliding:
             self.lines, self.lines_valid, self.side = data["lines"], data["lines_valid"], data["side"]
             self.n_right = data["n_right"]
+            self._allowed, self._not_allowed = data["allowed"], data["not_allowed"]
             self._lines_bias, self._side_col = data["lines_bias"], data["side"][:, None]
         self.sqrt_w = math.sqrt(weight / self.L)
         self.huber = huber
         self.frozen_contour = None
         self._fixed_rows = None  # cached coordinate-major rows (see _rows)
-        self._allowed = None
-        self._not_allowed = None  # ~_allowed, set with it
         self.last_uv: Optional[torch.Tensor] = None
 
     @property
@@ -433,14 +443,7 @@ class LandmarkTerm(Term):
         self._tgt17 = value[:, :17, None]  # (B, 17, 1, 2) for the contour search
 
     def allowed_segments(self) -> torch.Tensor:
-        if self._allowed is None:
-            S = self.lines.shape[0] - 1
-            seg = torch.arange(S, device=self.targets.device)[None]
-            nr = self.n_right
-            j = torch.arange(17, device=self.targets.device)[:, None]
-            self._allowed = torch.where(j < 8, seg < nr + 1,
-                                        torch.where(j > 8, seg >= nr - 1, (seg >= nr - 2) & (seg <= nr + 1)))
-            self._not_allowed = ~self._allowed  # the form the search masks with
+        """``(17, S)`` bool: the projected-jawline segments each of the 17 contour points may slide onto."""
         return self._allowed
 
     def contour_correspondences(self, poly_uv: torch.Tensor):
@@ -450,7 +453,6 @@ class LandmarkTerm(Term):
         da = self._tgt17 - a  # (B, 17, S, 2) from the segment starts to the targets
         t = ((da * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
         d2 = torch.addcmul(da, t.unsqueeze(-1), ab, value=-1).square().sum(-1)  # |a + t ab - target|^2
-        self.allowed_segments()  # builds both masks once
         idx = d2.masked_fill(self._not_allowed, math.inf).argmin(-1)
         return idx, torch.gather(t, 2, idx[..., None]).squeeze(-1)
 

@@ -22,7 +22,7 @@ import torch
 from morphable_models import LinearFaceModel
 from morphable_models.geometry import AXIS_FLIP
 
-from .energies import _TAYLOR, _TINY, _landmark_rows
+from .energies import _TAYLOR, _TINY, _TAYLOR_SWITCH, _landmark_rows
 from .solver import GaussNewtonConfig
 from .solver_np import gauss_newton_dense
 
@@ -48,7 +48,7 @@ def rodrigues_np(w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     t = math.sqrt(t2s)
     coef = []
     for k, (c0, c1, c2) in enumerate(_TAYLOR_NP):
-        if t2 < (_TINY if k < 2 else 1e-3):
+        if t2 < (_TINY if k < 2 else _TAYLOR_SWITCH[1]):
             coef.append(c0 + t2 * (c1 + t2 * c2))
         else:
             coef.append(None)
@@ -75,13 +75,6 @@ def _rows_np(model: LinearFaceModel, sliding: bool) -> Dict[str, np.ndarray]:
     out = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
     out["basis_T"] = np.ascontiguousarray(out["basis_T"])
     out["template_flat"] = out["template_flat"].reshape(-1)
-    if sliding:
-        S = out["lines"].shape[0] - 1
-        seg = np.arange(S)[None]
-        nr = out["n_right"]
-        j = np.arange(17)[:, None]
-        allowed = np.where(j < 8, seg < nr + 1, np.where(j > 8, seg >= nr - 1, (seg >= nr - 2) & (seg <= nr + 1)))
-        out["not_allowed"] = ~allowed
     model.extra[key] = out
     return out
 
