@@ -78,7 +78,7 @@ def _incidence(faces: torch.Tensor, V: int, dtype: torch.dtype, device: torch.de
     """The ``(V, F)`` vertex-face incidence matrix (CSR, ones) of ``faces``, cached as an attribute of the faces
     tensor under (version, V, dtype, device); None when there are no faces or the dtype is not float32/64."""
     F = faces.shape[0]
-    if F == 0 or dtype not in (torch.float32, torch.float64) or faces.requires_grad:
+    if F == 0 or dtype not in (torch.float32, torch.float64):
         return None
     key = (faces._version, V, dtype, str(device), faces.data_ptr())
     cache = getattr(faces, "_facerender_incidence", None)

@@ -320,16 +320,16 @@ def _fit_numpy(model, cfg, targets, conf, f, pp, ident, expr, init, fixed_identi
         RO, TR = host(init["rotation"].expand(B, 3)), host(init["translation"].expand(B, 3))
     out = {k: [] for k in ("rotation", "translation", "identity", "expression", "focal")}
     uvs, hists, iters, status = [], [], [], []
-    for b in range(B):
-        with single_threaded_blas():
+    with single_threaded_blas():  # once for the batch: the kernel's solves run inside it
+        for b in range(B):
             values, uv, h, it, st = fit_one(model, cfg, T[b], C[b], float(F[b]), PP[b], ID[b], EX[b],
                                             RO[b] if warm else None, TR[b] if warm else None, fixed_identity)
-        for k in out:
-            out[k].append(values[k])
-        uvs.append(uv)
-        hists.append(np.concatenate([np.asarray(x) for x in h]))
-        iters.append(it)
-        status.append(st)
+            for k in out:
+                out[k].append(values[k])
+            uvs.append(uv)
+            hists.append(np.concatenate([np.asarray(x) for x in h]))
+            iters.append(it)
+            status.append(st)
     n = max(len(h) for h in hists)
     hist = np.stack([np.pad(h, (0, n - len(h)), mode="edge") for h in hists], 1)  # finished items repeat theirs
 

@@ -24,7 +24,7 @@ from morphable_models.geometry import AXIS_FLIP
 
 from .energies import _TAYLOR, _TINY, _TAYLOR_SWITCH, _landmark_rows
 from .solver import GaussNewtonConfig
-from .solver_np import gauss_newton_dense
+from .solver_np import _gauss_newton_dense
 
 _FLIP = np.asarray(AXIS_FLIP, dtype=np.float64).reshape(3, 1)
 _EYE = np.eye(3)
@@ -297,7 +297,8 @@ def fit_one(model: LinearFaceModel, cfg, targets: np.ndarray, conf: np.ndarray, 
     """Fit one image (float64 arrays; ``rotation`` / ``translation`` None: the closed-form start).
 
     Returns ``(values {block: array}, landmarks_2d (68, 2), energy histories (one list per solve), iterations,
-    status of the last solve)``.
+    status of the last solve)``. Call it inside :func:`~facerender.fitting.solver_np.single_threaded_blas` (as
+    ``fit_landmarks`` does, once per batch): the solves here do not enter it themselves.
     """
     from .params import Block, ParameterLayout
 
@@ -333,7 +334,7 @@ def fit_one(model: LinearFaceModel, cfg, targets: np.ndarray, conf: np.ndarray, 
                                   float(values["focal"][0]), pp)
             if k > 0 and not changed:
                 break
-            res = gauss_newton_dense(ne, x0, lo, hi, gcfg, damping)
+            res = _gauss_newton_dense(ne, x0, lo, hi, gcfg, damping)
             damping = res.damping
             values = {**values, **{name: res.params[s] for name, s in layout.slices.items()}}
             histories.append(res.energy_history)

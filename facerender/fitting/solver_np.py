@@ -146,28 +146,51 @@ def _bound_split(lo: np.ndarray, hi: np.ndarray) -> Optional[Tuple[int, int]]:
     return (a, b) if b - a == ne else None
 
 
-def _step_bounded(A: np.ndarray, rhs: np.ndarray, frozen: np.ndarray, x: np.ndarray, lo: np.ndarray,
-                  hi: np.ndarray, rounds: int, retries: int) -> Tuple[np.ndarray, bool]:
-    """The damped step with box bounds by active-set expansion (:func:`solver._solve_cholesky_bounded`): solve on the
-    free parameters, fix the ones whose step would leave the box AT their bound, re-solve the rest."""
-    fixed = frozen.copy()
-    h = np.zeros_like(rhs)
+def _active_set(solve, M: np.ndarray, rhs: np.ndarray, fixed: np.ndarray, x: np.ndarray, lo: np.ndarray,
+                hi: np.ndarray, rounds: int) -> Optional[np.ndarray]:
+    """Active-set rounds of a bounded step (:func:`solver._solve_cholesky_bounded`): solve ``M h = rhs`` on the free
+    parameters, fix the ones whose step would leave the box AT their bound (``fixed`` holds those already held at
+    zero step), re-solve the rest with the right-hand side corrected for the fixed steps. ``solve(free, rhs_free)``
+    solves the system restricted to the indices ``free`` (None: all of them) and returns None on failure, which
+    ends the rounds with None."""
+    fixed = fixed.copy()
     h_fix = np.zeros_like(rhs)
-    singular = False
+    rhs_r = rhs
+    h = h_fix
     for r in range(max(1, rounds)):
-        free = np.flatnonzero(~fixed)
-        rhs_r = rhs if r == 0 else rhs - A @ h_fix
-        h = h_fix.copy()
-        if free.size:
-            hf, singular = _solve_spd(A[np.ix_(free, free)], rhs_r[free], retries)
-            h[free] = hf
+        if not fixed.any():  # nothing held: the whole system (no gathers)
+            h = solve(None, rhs_r)
+            if h is None:
+                return None
+        else:
+            free = np.flatnonzero(~fixed)
+            h = h_fix.copy()
+            if free.size:
+                hf = solve(free, rhs_r[free])
+                if hf is None:
+                    return None
+                h[free] = hf
         xf = x + h
         viol = ~fixed & ((xf < lo) | (xf > hi))
         if r == rounds - 1 or not viol.any():
             break
         h_fix = np.where(viol, np.clip(xf, lo, hi) - x, h_fix)
         fixed |= viol
-    return h, singular
+        rhs_r = rhs - M @ h_fix
+    return h
+
+
+def _step_bounded(A: np.ndarray, rhs: np.ndarray, frozen: np.ndarray, x: np.ndarray, lo: np.ndarray,
+                  hi: np.ndarray, rounds: int, retries: int) -> Tuple[np.ndarray, bool]:
+    """The damped step with box bounds on the whole system (:func:`_active_set` with :func:`_solve_spd`, which
+    never fails: jitter, then least squares). Returns the step and whether a round could not be solved."""
+    singular = [False]
+
+    def solve(free, r):
+        h, singular[0] = _solve_spd(A if free is None else A[np.ix_(free, free)], r, retries)
+        return h
+
+    return _active_set(solve, A, rhs, frozen, x, lo, hi, rounds), singular[0]
 
 
 def _step_schur(A: np.ndarray, rhs: np.ndarray, frozen: np.ndarray, x: np.ndarray, lo: np.ndarray, hi: np.ndarray,
@@ -189,33 +212,14 @@ def _step_schur(A: np.ndarray, rhs: np.ndarray, frozen: np.ndarray, x: np.ndarra
     W = _lower_solve(U_u, np.column_stack([A_ue, rhs_u]))
     W, y_u = W[:, :-1], W[:, -1]
     S = A[a:b, a:b] - W.T @ W
-    b_e = rhs[a:b] - W.T @ y_u
-    x_e, lo_e, hi_e = x[a:b], lo[a:b], hi[a:b]
-    fixed = frozen[a:b].copy()
-    h_fix = np.zeros_like(b_e)
-    b_r = b_e
-    h_e = h_fix
-    for r in range(max(1, rounds)):
-        if not fixed.any():  # nothing held: the whole complement (no gathers)
-            U_e = _chol(S)
-            if U_e is None:
-                return None
-            h_e = _cho_solve(U_e, b_r)
-        else:
-            free = np.flatnonzero(~fixed)
-            h_e = h_fix.copy()
-            if free.size:
-                U_e = _chol(S[np.ix_(free, free)])
-                if U_e is None:
-                    return None
-                h_e[free] = _cho_solve(U_e, b_r[free])
-        xf = x_e + h_e
-        viol = ~fixed & ((xf < lo_e) | (xf > hi_e))
-        if r == rounds - 1 or not viol.any():
-            break
-        h_fix = np.where(viol, np.clip(xf, lo_e, hi_e) - x_e, h_fix)
-        fixed |= viol
-        b_r = b_e - S @ h_fix
+
+    def solve(free, r):
+        U_e = _chol(S if free is None else S[np.ix_(free, free)])
+        return None if U_e is None else _cho_solve(U_e, r)
+
+    h_e = _active_set(solve, S, rhs[a:b] - W.T @ y_u, frozen[a:b], x[a:b], lo[a:b], hi[a:b], rounds)
+    if h_e is None:
+        return None
     h_u = _upper_solve(U_u, y_u - W @ h_e)
     if u is None:
         return np.concatenate([h_u, h_e])
