@@ -417,6 +417,30 @@ def test_numpy_kernel_normal_equations_equal_torch(model64, layout):
     np.testing.assert_allclose(nk.project(Rm, v["translation"], c, 700.0, pp[0].numpy()), uv[0].numpy(), atol=1e-9)
 
 
+def test_numpy_rotvec_and_initial_pose_equal_torch(model64):
+    """matrix_to_rotvec inverts axis_angle_to_matrix at every angle scale (0, first order, ordinary, near pi where
+    it hands over to SciPy); initial_pose_np equals the torch initial_pose, with and without a fixed identity."""
+    from facerender.fitting.landmark_np import initial_pose_np, matrix_to_rotvec
+
+    g = torch.Generator().manual_seed(8)
+    for ang in (0.0, 1e-8, 1e-3, 0.7, 2.5, math.pi - 1e-4):
+        w = torch.nn.functional.normalize(torch.randn(1, 3, generator=g, dtype=torch.float64), dim=-1) * ang
+        np.testing.assert_allclose(matrix_to_rotvec(axis_angle_to_matrix(w)[0].numpy()), w[0].numpy(), atol=1e-9)
+    m = model64
+    from morphable_models import model_to_camera
+
+    ident = torch.randn(1, 100, generator=g, dtype=torch.float64)
+    lm = m.get_landmarks(model_to_camera(m(ident).vertices, _pose(20, 5, -3), torch.tensor([[1.0, -1.0, 65.0]],
+                                                                                           dtype=torch.float64)))
+    uv = lm[..., :2] / lm[..., 2:] * 700.0 + torch.tensor([256.0, 240.0], dtype=torch.float64)
+    f, pp = torch.tensor([700.0], dtype=torch.float64), torch.tensor([[256.0, 240.0]], dtype=torch.float64)
+    for idt in (None, ident):
+        r_t, t_t = initial_pose(m, uv, f, pp, idt)
+        r_n, t_n = initial_pose_np(m, uv[0].numpy(), 700.0, pp[0].numpy(), None if idt is None else idt[0].numpy())
+        np.testing.assert_allclose(r_n, r_t[0].numpy(), atol=1e-9)
+        np.testing.assert_allclose(t_n, t_t[0].numpy(), rtol=1e-9, atol=1e-9)
+
+
 def test_numpy_kernel_fit_equals_torch_fit(model64):
     """fit_landmarks with backend="numpy" (the CPU default) and backend="torch" on the same float64 model: the same
     parameters, landmarks, iterations and statuses, for a batch of two (item by item in NumPy), with a fixed
