@@ -20,6 +20,7 @@ Usage::
     python benchmarks/bench_tracking.py [--threads 1] [--frames 150] [--solver real|stub] [--no-overlay]
                                         [--clips talking_d3,talking_d10,expressions_d6]
                                         [--long-minutes 10 --long-solver stub] [--json out.json]
+                                        [--baseline savgol5]
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ import torch
 
 from facerender.io import VideoReader, VideoWriter
 from facerender.tracking.facebox import LandmarkTracker
+from facerender.tracking.tracker import TrackerConfig
 from facerender.tracking.video import TrackConfig, landmark_jitter, load_track, track_video
 
 
@@ -159,8 +161,15 @@ def bench_landmarks(clips, frames):
 
 
 # ------------------------------------------------------------------------------------------------------ part 2
-def bench_tracking(clips, frames, solver, overlay, model, out_root):
+#: ``--baseline``: the tracker settings of the 2026-11 releases (Savitzky-Golay 5 / order 2 landmark smoothing and
+#: the temporal weight 3e-5 it was tuned with), tracked in the same run as the current defaults.
+BASELINES = {"savgol5": lambda: TrackConfig(smoothing="savgol", smoothing_window=5, smoothing_order=2,
+                                            tracker=TrackerConfig(w_temporal=3e-5))}
+
+
+def bench_tracking(clips, frames, solver, overlay, model, out_root, baseline=None):
     rows = []
+    configs = [("default", TrackConfig)] + ([(baseline, BASELINES[baseline])] if baseline else [])
     factory = stub_factory if solver == "stub" else None
     warm = VideoReader(shared_video(clips[0]))  # first-use costs (dlib models, imports) outside the timings
     from facerender.tracking.eyes import EyeTracker
@@ -168,11 +177,11 @@ def bench_tracking(clips, frames, solver, overlay, model, out_root):
 
     img = next(iter(warm)).image
     EyeTracker().update(img, detect_landmarks(img).points)
-    for name in clips:
-        out = out_root / f"track_{name}"
+    for name, (cname, make_config) in itertools.product(clips, configs):
+        out = out_root / (f"track_{name}" if cname == "default" else f"track_{name}_{cname}")
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
-        res = track_video(shared_video(name), out, model, TrackConfig(), max_frames=frames, overlay=overlay,
+        res = track_video(shared_video(name), out, model, make_config(), max_frames=frames, overlay=overlay,
                           progress=False, tracker_factory=factory)
         wall = time.perf_counter() - t0
         s = res.summary
@@ -182,7 +191,7 @@ def bench_tracking(clips, frames, solver, overlay, model, out_root):
         ps = s.get("psnr", {})
         dist = single_image_distance(load_track(out), model) if solver == "real" else {}
         rows.append({
-            "clip": name, "frames": n, "fps": res.fps, "keyframes_s": t.get("keyframes", 0),
+            "clip": name if cname == "default" else f"{name} ({cname})", "frames": n, "fps": res.fps, "keyframes_s": t.get("keyframes", 0),
             "bundle_s": t.get("bundle", 0),
             "decode_ms": 1e3 * t.get("decode", 0) / n, "landmarks_ms": 1e3 * t.get("landmarks", 0) / n,
             "eyes_ms": 1e3 * t.get("eyes", 0) / n, "solve_ms": 1e3 * t.get("solve", 0) / n,
@@ -196,10 +205,10 @@ def bench_tracking(clips, frames, solver, overlay, model, out_root):
             **dist,
         })
     print(f"\n2. track_video ({solver} solver, first {frames} frames; ms per frame; jitter px)")
-    print(f"{'clip':<16}{'frames':>7}{'fps':>7}{'kf s':>7}{'bundle s':>9}{'decode':>8}{'lmks':>7}{'eyes':>7}"
+    print(f"{'clip':<26}{'frames':>7}{'fps':>7}{'kf s':>7}{'bundle s':>9}{'decode':>8}{'lmks':>7}{'eyes':>7}"
           f"{'solve':>8}{'store':>7}{'overlay':>9}{'jit det':>8}{'jit mod':>8}{'ratio':>7}{'blinks':>7}")
     for r in rows:
-        print(f"{r['clip']:<16}{r['frames']:>7}{r['fps']:>7.2f}{r['keyframes_s']:>7.1f}{r['bundle_s']:>9.1f}"
+        print(f"{r['clip']:<26}{r['frames']:>7}{r['fps']:>7.2f}{r['keyframes_s']:>7.1f}{r['bundle_s']:>9.1f}"
               f"{r['decode_ms']:>8.2f}{r['landmarks_ms']:>7.2f}{r['eyes_ms']:>7.2f}{r['solve_ms']:>8.1f}"
               f"{r['write_ms']:>7.2f}{r['overlay_ms']:>9.1f}{r['jitter_detector_px']:>8.2f}"
               f"{r['jitter_model_px']:>8.2f}{r['jitter_ratio']:>7.2f}{r['blink_frames']:>7}")
@@ -207,10 +216,10 @@ def bench_tracking(clips, frames, solver, overlay, model, out_root):
         print("\n2b. quality: jitter (px; model = fixed iBUG-68 vertices), PSNR in the face mask (dB), mean distance "
               "to the detected points (px) of the tracked model and of an independent single-image landmark fit per "
               "frame (shipped priors, identity free) on the same frames (every 5th solved frame)")
-        print(f"{'clip':<16}{'jit det':>8}{'jit smooth':>11}{'jit model':>10}{'ratio':>7}{'PSNR kf':>8}{'PSNR other':>11}"
+        print(f"{'clip':<26}{'jit det':>8}{'jit smooth':>11}{'jit model':>10}{'ratio':>7}{'PSNR kf':>8}{'PSNR other':>11}"
               f"{'n':>5}{'track 68':>9}{'single 68':>10}{'track 51':>9}{'single 51':>10}{'single, video id, 68':>21}")
         for r in rows:
-            print(f"{r['clip']:<16}{r['jitter_detector_px']:>8.2f}{r['jitter_smoothed_px']:>11.2f}"
+            print(f"{r['clip']:<26}{r['jitter_detector_px']:>8.2f}{r['jitter_smoothed_px']:>11.2f}"
                   f"{r['jitter_model_px']:>10.2f}{r['jitter_ratio']:>7.2f}{r['psnr_keyframes']:>8.2f}"
                   f"{r['psnr_other']:>11.2f}{r['dist_frames']:>5}{r['dist_track_68']:>9.2f}{r['dist_single_68']:>10.2f}"
                   f"{r['dist_track_51']:>9.2f}{r['dist_single_51']:>10.2f}{r['dist_single_fixed_id_68']:>21.2f}")
@@ -334,6 +343,8 @@ def main():
     ap.add_argument("--long-source", default="talking_d3")
     ap.add_argument("--workdir", default=None, help="where videos and outputs go (default: a temporary folder)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--baseline", choices=sorted(BASELINES), default=None,
+                    help="part 2: also track each clip with these earlier settings, in the same run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     clips = [c for c in args.clips.split(",") if c]
@@ -349,7 +360,8 @@ def main():
     if "landmarks" not in skip:
         out["landmarks"] = bench_landmarks(clips, args.frames)
     if "tracking" not in skip:
-        out["tracking"] = bench_tracking(clips, args.frames, args.solver, not args.no_overlay, model, work)
+        out["tracking"] = bench_tracking(clips, args.frames, args.solver, not args.no_overlay, model, work,
+                                         args.baseline)
     if args.long_minutes > 0:
         out["memory"] = bench_memory(args.long_minutes, args.long_solver, args.long_overlay, model, work,
                                      args.long_source)

@@ -9,12 +9,13 @@ distance (px, 68 points) from the raw detected landmarks of:
 * ``single, best fixed id``: the same with the landmark-optimal fixed identity: alternating per-frame fits and a joint
   Gauss-Newton step on one identity over all the frames (the lowest distance any fixed identity reaches with this
   energy, up to the alternation's local optimum);
-* ``free id, smoothed pts``: single-image fits (identity free) of the Savitzky-Golay-smoothed points the tracker
-  solves against, measured to the RAW detections: what the smoothing alone costs.
+* ``free id, smoothed pts``: single-image fits (identity free) of the smoothed points the tracker solves against,
+  measured to the RAW detections: what the smoothing alone costs.
 
 With ``--sweep``, a family of fixed-identity trackers on every frame of the longest run of consecutive solved
 frames: per-frame landmark fits with the best fixed identity on the detections smoothed by Savitzky-Golay windows of
-1 (none) to 15 frames (order 1 for 3 frames, 2 above; and the raw points blended with the 3-frame mean); for each,
+1 (none) to 15 frames (order 1 for 3 frames, 2 above; and the raw points blended with the 3-frame mean) and by
+Whittaker-Henderson smoothers of weight 0.1 to 1 (whole-run solves); for each,
 the jitter of the model's fixed iBUG-68 vertices relative to the detector's (RMS second temporal difference, as the
 tracker reports it) and the mean distance from the raw detections. The issue asks
 for both a jitter ratio <= 0.5 and a distance within the single-image fit's.
@@ -96,10 +97,22 @@ def floor_row(model, path, every, rounds):
     return row
 
 
-def sweep(model, path, identity, windows=("1", "3x0.25", "3x0.5", "3x0.75", "3", "5", "7", "9", "11", "15")):
+def whittaker_series(y, lam):
+    """Whittaker-Henderson smoothing of a whole series ``(T, ...)``: the minimiser of ``|x - y|^2 + lam |D2 x|^2``."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import splu
+
+    n = y.shape[0]
+    d = sp.diags([np.ones(n - 2), -2 * np.ones(n - 2), np.ones(n - 2)], [0, 1, 2], shape=(n - 2, n))
+    return splu(sp.csc_matrix(sp.eye(n) + lam * (d.T @ d))).solve(y.reshape(n, -1)).reshape(y.shape)
+
+
+def sweep(model, path, identity, windows=("1", "3x0.25", "3x0.5", "3x0.75", "3", "5", "7", "9", "11", "15",
+                                          "wh0.1", "wh0.2", "wh0.3", "wh0.5", "wh1")):
     """Per-frame fixed-identity landmark fits on smoothed detections: [(window, jitter ratio, distance)]. A window
     ``"3xm"`` blends the raw points with the 3-frame mean by the fraction m (the filter ``[m/3, 1 - 2m/3, m/3]``): the
-    lightest smoothings between none and the 3-frame mean."""
+    lightest smoothings between none and the 3-frame mean; ``"whL"`` is Whittaker-Henderson smoothing with weight L
+    over the whole run (the optimum of the squared-distance / squared-jitter trade-off for a linear filter)."""
     from scipy.signal import savgol_filter
 
     tr = load_track(path)
@@ -119,10 +132,13 @@ def sweep(model, path, identity, windows=("1", "3x0.25", "3x0.5", "3x0.75", "3",
     fixed_rows = LandmarkEnergyNp(model, raw[0], np.ones(68), 1.0, False, None, {})
     out = []
     for name in windows:
-        w, _, m = name.partition("x")
-        w, m = int(w), float(m or 1.0)
-        pts = raw if w == 1 else savgol_filter(raw, w, 2 if w >= 5 else 1, axis=0)
-        pts = (1 - m) * raw + m * pts
+        if name.startswith("wh"):
+            pts = whittaker_series(raw, float(name[2:]))
+        else:
+            w, _, m = name.partition("x")
+            w, m = int(w), float(m or 1.0)
+            pts = raw if w == 1 else savgol_filter(raw, w, 2 if w >= 5 else 1, axis=0)
+            pts = (1 - m) * raw + m * pts
         res = fit_landmarks(model, torch.as_tensor(pts, dtype=torch.float32), size, conf, focal=f,
                             principal_point=torch.as_tensor(pp, dtype=torch.float32)[None].expand(n, 2),
                             fixed_identity=torch.as_tensor(identity, dtype=torch.float32)[None].expand(n, -1))
@@ -154,12 +170,13 @@ def main(argv=None):
               f"{r['single_track_id']:.2f} | {r['single_best_id']:.2f} | {r['free_id_smoothed']:.2f} | "
               f"{r['track_id_norm']:.1f} / {r['best_id_norm']:.1f} |")
     if args.sweep:
-        print("\nFixed-identity trackers (best fixed identity, per-frame landmark fits of Savitzky-Golay-smoothed "
-              "detections): jitter ratio / distance to the raw detections (px), by window")
+        print("\nFixed-identity trackers (best fixed identity, per-frame landmark fits of smoothed detections: "
+              "Savitzky-Golay windows, 3-frame blends, Whittaker weights): jitter ratio / distance to the raw "
+              "detections (px)")
         for r in rows:
             n, res = sweep(model, r["track"], r["best_identity"])
             print(f"{r['track']} ({n} frames; single-image fit {r['single_free']:.2f} px): "
-                  + ", ".join(f"w{w}: {j:.2f} / {d:.2f}" for w, j, d in res))
+                  + ", ".join(f"{w if w.startswith('wh') else 'w' + w}: {j:.2f} / {d:.2f}" for w, j, d in res))
 
 
 if __name__ == "__main__":

@@ -210,6 +210,13 @@ def per_frame_equal(a, b, keys=("index", "time", "rotation", "translation", "exp
             assert (x == y).all(), k
 
 
+def whittaker(y, lam):
+    """Whittaker-Henderson smoothing of a whole series ``(T, ...)``: the minimiser of ``|x - y|^2 + lam |D2 x|^2``."""
+    n = y.shape[0]
+    d = np.diff(np.eye(n), 2, axis=0)
+    return np.linalg.solve(np.eye(n) + lam * d.T @ d, y.reshape(n, -1)).reshape(y.shape)
+
+
 def segments(tr):
     """``[(a, b)]``: runs of frames with a face, split where the landmark tracker detected the face afresh (the
     landmark smoother restarts there as after a gap)."""
@@ -311,16 +318,27 @@ def test_faceless_stretch_and_reentry(tmp_path, gap_video, ict_model):
     np.testing.assert_array_equal(tr.translation[7:15], np.repeat(tr.translation[6:7], 8, 0))
     assert np.isnan(tr.landmarks[~expect]).all() and np.isfinite(tr.landmarks[expect]).all()
     assert np.isnan(tr.energy[~expect]).all()
-    # the solver got the detected landmarks smoothed (Savitzky-Golay, window 5, order 2) per run of frames with a
-    # face; the raw ones are stored too
-    assert (TrackConfig().smoothing_window, TrackConfig().smoothing_order) == (5, 2)
+    # the solver got the detected landmarks smoothed (Whittaker-Henderson, lam 0.5, window 11: 5 frames of delay) per
+    # run of frames with a face; the raw ones are stored too
+    cfg = TrackConfig()
+    assert (cfg.smoothing, cfg.smoothing_window, cfg.smoothing_lambda) == ("whittaker", 11, 0.5)
+    assert res.summary["smoothing"] == {"method": "whittaker", "window": 11, "lambda": 0.5, "delay_frames": 5}
     assert np.isnan(tr.landmarks_smoothed[~expect]).all()
     assert segments(tr) == [(0, 7), (15, 22)]
     for a, b in segments(tr):
-        offline = savgol_filter(tr.landmarks[a:b].astype(np.float64), 5, 2, axis=0, mode="interp")
-        np.testing.assert_allclose(tr.landmarks_smoothed[a + 2:b], offline[2:], rtol=0, atol=1e-3)
-        np.testing.assert_allclose(tr.landmarks_smoothed[a], tr.landmarks[a], rtol=0, atol=1e-4)  # 3 points, order 2
+        # runs of 7 frames: frame a waits for 5 later ones (a window of 6), every later frame sees the whole run
+        seg = tr.landmarks[a:b].astype(np.float64)
+        np.testing.assert_allclose(tr.landmarks_smoothed[a + 1:b], whittaker(seg, 0.5)[1:], rtol=0, atol=1e-3)
+        np.testing.assert_allclose(tr.landmarks_smoothed[a], whittaker(seg[:6], 0.5)[0], rtol=0, atol=1e-3)
     assert np.abs(tr.landmarks_smoothed - tr.landmarks)[expect].max() > 0.05
+    # the 2026-11 smoother stays available: Savitzky-Golay, window 5, order 2 (scipy's savgol_filter inside a run)
+    old = load_track(track_video(gap_video, tmp_path / "sg", ict_model,
+                                 TrackConfig(smoothing="savgol", smoothing_window=5, smoothing_order=2),
+                                 tracker_factory=stub, progress=False, overlay=False).out_dir)
+    for a, b in segments(old):
+        offline = savgol_filter(old.landmarks[a:b].astype(np.float64), 5, 2, axis=0, mode="interp")
+        np.testing.assert_allclose(old.landmarks_smoothed[a + 2:b], offline[2:], rtol=0, atol=1e-3)
+        np.testing.assert_allclose(old.landmarks_smoothed[a], old.landmarks[a], rtol=0, atol=1e-4)  # 3 points, order 2
     # the fixed-vertex model landmarks (the stub's: its fitted ones moved by 1 px)
     np.testing.assert_allclose(tr.model_landmarks_2d[expect], tr.landmarks_2d[expect] + [1, 0], atol=1e-5)
     # per-video values
@@ -349,7 +367,7 @@ def test_faceless_stretch_and_reentry(tmp_path, gap_video, ict_model):
     assert j["smoothed_px"] < j["detector_px"] and j["smoothed_ratio"] < 1
     d = summary["landmark_distance"]
     assert d["frames"] == 13 and 0 < d["smoothed_px"] < d["model_px"]  # frame 15 (re-detected) does not count
-    assert summary["smoothing"] == {"window": 5, "order": 2, "delay_frames": 2}
+    assert summary["smoothing"] == {"method": "whittaker", "window": 11, "lambda": 0.5, "delay_frames": 5}
     # the overlay: same frames and times, labelled where no face
     r = VideoReader(out / "overlay.mp4")
     assert r.size == (192, 256) and r.frame_count == 22 and r.fps == pytest.approx(25.0)

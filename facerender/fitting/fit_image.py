@@ -216,8 +216,8 @@ def fit_image(
         timings["detection"] = time.perf_counter() - t0
     else:
         lm = as_landmarks(landmarks, image_size=(H, W)) if not isinstance(landmarks, Landmarks) else landmarks
-    pts = np.asarray(lm.points, dtype=np.float64)
-    conf = np.asarray(lm.confidence, dtype=np.float64) if lm.confidence is not None else np.ones(68)
+    pts = np.array(lm.points, dtype=np.float64)  # copies: the caller's (possibly read-only) arrays are not shared
+    conf = np.array(lm.confidence, dtype=np.float64) if lm.confidence is not None else np.ones(68)
     if pts.shape != (68, 2):
         raise FittingError(f"fit_image needs 68 landmarks, got an array of shape {pts.shape}")
     flags: List[str] = []

@@ -14,9 +14,9 @@ so memory does not grow with the video's length):
    identity, albedo and the camera from them jointly (Face2Face's model-based bundling). The open-eye EAR of the
    video comes from the candidates too (:func:`~facerender.tracking.eyes.estimate_open_ear`).
 2. **Main pass.** Per frame: landmarks (:class:`~facerender.tracking.facebox.LandmarkTracker`: predictor in a box
-   following the face, HOG only on loss), smoothed over time by a fixed-delay Savitzky-Golay filter
-   (:class:`~facerender.tracking.smoothing.StreamingSavitzkyGolay`, ``smoothing_window`` 5: frame ``i`` goes on
-   when frame ``i + 2`` has been read; gaps and fresh detections break the window), then gaze and blink
+   following the face, HOG only on loss), smoothed over time by a fixed-delay Whittaker-Henderson smoother
+   (:class:`~facerender.tracking.smoothing.StreamingWhittaker`, ``smoothing_window`` 11: frame ``i`` goes on
+   when frame ``i + 5`` has been read; gaps and fresh detections break the window), then gaze and blink
    (:class:`~facerender.tracking.eyes.EyeTracker`, on the detected points, with the previous frame's head rotation)
    and :meth:`FaceTracker.track_frame` on the smoothed points (pose, expression, lighting, warm-started, temporal
    term; frames without a face are bridged by the solver and flagged). Results go to an append-only chunk store in
@@ -59,7 +59,7 @@ from ..io.video import VideoReader, VideoWriter
 from .eyes import (BLINK_NAMES, GAZE_NAMES, EyeConfig, EyeTracker, GazeCalibration, ICT_GAZE_CALIBRATION,
                    eye_aspect_ratio, estimate_open_ear)
 from .facebox import FaceObservation, LandmarkTracker, LandmarkTrackerConfig, face_frame
-from .smoothing import StreamingSavitzkyGolay
+from .smoothing import StreamingLinearSmoother, make_smoother
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,14 @@ class TrackConfig:
         overlay_alpha: opacity of the render in the overlay video.
         overlay_crf, overlay_preset: x264 settings of the overlay video.
         max_scan: frames scanned for a face when no sampled candidate shows one.
-        smoothing_window, smoothing_order: Savitzky-Golay smoothing of the detected landmarks before the solver
-            (:class:`~facerender.tracking.smoothing.StreamingSavitzkyGolay`): odd window in frames and polynomial
-            order; the solver sees frame ``i`` when frame ``i + smoothing_window // 2`` has been read. Window 1 turns
-            the smoothing off (the solver gets the detected points, frame by frame).
+        smoothing: the fixed-delay smoother of the detected landmarks before the solver
+            (:mod:`~facerender.tracking.smoothing`): ``"whittaker"`` (Whittaker-Henderson with weight
+            ``smoothing_lambda`` on the squared second differences; the default) or ``"savgol"`` (Savitzky-Golay of
+            polynomial order ``smoothing_order``).
+        smoothing_window: odd window in frames; the solver sees frame ``i`` when frame ``i + smoothing_window // 2``
+            has been read. Window 1 turns the smoothing off (the solver gets the detected points, frame by frame).
+        smoothing_lambda, smoothing_order: the Whittaker weight and the Savitzky-Golay order (each used by its
+            method only).
     """
 
     tracker: Any = None
@@ -110,7 +114,9 @@ class TrackConfig:
     overlay_crf: float = 20
     overlay_preset: str = "veryfast"
     max_scan: int = 600
-    smoothing_window: int = 5
+    smoothing: str = "whittaker"
+    smoothing_window: int = 11
+    smoothing_lambda: float = 0.5
     smoothing_order: int = 2
 
     def __post_init__(self):
@@ -119,7 +125,11 @@ class TrackConfig:
                              f"{self.keyframe_candidates}, {self.keyframes}, {self.chunk_size}, {self.max_scan}")
         if not 0 <= self.overlay_alpha <= 1:
             raise ValueError(f"overlay_alpha must lie in [0, 1], got {self.overlay_alpha}")
-        StreamingSavitzkyGolay(self.smoothing_window, self.smoothing_order)  # ValueError on bad settings
+        self.make_smoother()  # ValueError on bad settings
+
+    def make_smoother(self) -> StreamingLinearSmoother:
+        """A fresh landmark smoother with these settings."""
+        return make_smoother(self.smoothing, self.smoothing_window, self.smoothing_order, self.smoothing_lambda)
 
 
 def _jsonable(obj):
@@ -760,7 +770,7 @@ def _track(reader, video, out_dir, model, cfg, max_frames, overlay, resume, prog
     open_ear = vid["open_ear"] if np.isfinite(vid["open_ear"]).all() else None
     lt = LandmarkTracker(cfg.landmarks)
     et = EyeTracker(cfg.eyes, calib, open_ear)
-    smoother = StreamingSavitzkyGolay(cfg.smoothing_window, cfg.smoothing_order)
+    smoother = cfg.make_smoother()
     pos = {"consumed": start, "observed": start}
     prev = None
     if state is not None:
@@ -778,7 +788,7 @@ def _track(reader, video, out_dir, model, cfg, max_frames, overlay, resume, prog
                    t_start, fps)
 
 
-def _main_pass(reader, store: _Store, manifest, tracker, lt, et, smoother: StreamingSavitzkyGolay, model,
+def _main_pass(reader, store: _Store, manifest, tracker, lt, et, smoother: StreamingLinearSmoother, model,
                cfg: TrackConfig, pos: Dict[str, int], max_frames, progress, callback, timer, prev):
     """The tracking pass, a producer and a consumer with the landmark smoother between them.
 
@@ -1154,7 +1164,9 @@ def _finish(reader, video, out_dir, store, manifest, model, vid, cfg, overlay, p
         "status_counts": status_count, "flag_counts": flag_count,
         "jitter": jitter, "landmark_distance": distance,
         "psnr": psnr_summary(psnr, index, vid["keyframes"]),
-        "smoothing": {"window": cfg.smoothing_window, "order": cfg.smoothing_order,
+        "smoothing": {"method": cfg.smoothing, "window": cfg.smoothing_window,
+                      **({"lambda": cfg.smoothing_lambda} if cfg.smoothing == "whittaker"
+                         else {"order": cfg.smoothing_order}),
                       "delay_frames": cfg.smoothing_window // 2},
         "energy": {"median": float(np.nanmedian(energy)) if np.isfinite(energy).any() else None,
                    "max": float(np.nanmax(energy)) if np.isfinite(energy).any() else None},
