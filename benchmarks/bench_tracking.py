@@ -191,7 +191,8 @@ def bench_tracking(clips, frames, solver, overlay, model, out_root, baseline=Non
         ps = s.get("psnr", {})
         dist = single_image_distance(load_track(out), model) if solver == "real" else {}
         rows.append({
-            "clip": name if cname == "default" else f"{name} ({cname})", "frames": n, "fps": res.fps, "keyframes_s": t.get("keyframes", 0),
+            "clip": name if cname == "default" else f"{name} ({cname})", "frames": n, "fps": res.fps,
+            "keyframes_s": t.get("keyframes", 0),
             "bundle_s": t.get("bundle", 0),
             "decode_ms": 1e3 * t.get("decode", 0) / n, "landmarks_ms": 1e3 * t.get("landmarks", 0) / n,
             "eyes_ms": 1e3 * t.get("eyes", 0) / n, "solve_ms": 1e3 * t.get("solve", 0) / n,

@@ -112,6 +112,17 @@ def _cmd_reenact(args) -> int:
     return run_reenact(args)
 
 
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facerender", description=__doc__.split("\n\n")[0])
     p.add_argument("--home", default=None, help="model cache (default $FACERENDER_HOME or ~/.cache/facerender)")
@@ -158,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--size", type=int, default=128, help="resolution of the photometric energy")
     pt.add_argument("--no-overlay", action="store_true", help="do not write the overlay video")
     pt.add_argument("--restart", action="store_true", help="ignore a previous partial run in the folder")
+    pt.add_argument("--smoothing", choices=["whittaker", "savgol", "none"], default="whittaker",
+                    help="landmark smoothing before the solver (savgol: the Savitzky-Golay 5 / order 2 filter of "
+                         "earlier releases)")
+    pt.add_argument("--smoothing-lambda", type=_positive_float, default=0.5,
+                    help="weight of the Whittaker smoother's second differences (larger: steadier, slower to follow)")
     pt.set_defaults(func=_cmd_track)
 
     pe = sub.add_parser("reenact", help="Face2Face: transfer the source's expressions onto the target video")

@@ -669,6 +669,22 @@ def test_cli_track(tmp_path, gap_video, ict_home, monkeypatch, capsys):
     rc = cli.main(["--home", str(ict_home), "track", str(bad), "-o", str(tmp_path / "cli2")])
     assert rc == 1 and "bad.mp4" in capsys.readouterr().err
     assert not (tmp_path / "cli2").exists()
+    # the smoothing options reach the track (its summary records them); a bad lambda is a clear error
+    for opts, want in ((["--smoothing", "savgol"], {"method": "savgol", "window": 5, "order": 2}),
+                       (["--smoothing", "none"], {"window": 1}),
+                       (["--smoothing-lambda", "2"], {"method": "whittaker", "lambda": 2.0})):
+        out = tmp_path / f"cli_{opts[-1]}"
+        assert cli.main(["--home", str(ict_home), "track", str(gap_video), "-o", str(out), "--max-frames", "6",
+                         "--no-overlay"] + opts) == 0
+        got = json.loads((out / "summary.json").read_text())["smoothing"]
+        assert {k: got[k] for k in want} == want, got
+    capsys.readouterr()
+    for bad_lam in ("-1", "0", "nan", "x"):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["--home", str(ict_home), "track", str(gap_video), "-o", str(tmp_path / "cli3"),
+                      "--smoothing-lambda", bad_lam])
+        assert e.value.code == 2 and "--smoothing-lambda: must be a finite number > 0" in capsys.readouterr().err
+    assert not (tmp_path / "cli3").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------- real solver

@@ -22,7 +22,7 @@ _STAGES = (
 
 def run_track(args) -> int:
     """Run ``facerender track`` from parsed arguments (``video``, ``output``, ``max_frames``, ``size``,
-    ``no_overlay``, ``restart``, ``home``). Returns the exit status."""
+    ``no_overlay``, ``restart``, ``smoothing``, ``smoothing_lambda``, ``home``). Returns the exit status."""
     from morphable_models import load_ict
 
     from .video import TrackConfig, track_video
@@ -36,7 +36,12 @@ def run_track(args) -> int:
         if int(size) < 16:
             raise ValueError(f"--size must be at least 16 pixels, got {size}")
         tracker_cfg = TrackerConfig(size=int(size))
-    cfg = TrackConfig(tracker=tracker_cfg)
+    method = getattr(args, "smoothing", "whittaker")
+    smoothing = {"none": dict(smoothing_window=1),
+                 "savgol": dict(smoothing="savgol", smoothing_window=5, smoothing_order=2),
+                 "whittaker": dict(smoothing="whittaker",
+                                   smoothing_lambda=float(getattr(args, "smoothing_lambda", 0.5)))}[method]
+    cfg = TrackConfig(tracker=tracker_cfg, **smoothing)  # ValueError on a bad lambda
     res = track_video(args.video, args.output, model, cfg, max_frames=args.max_frames,
                       overlay=not args.no_overlay, resume=not args.restart, progress=True)
     s = res.summary

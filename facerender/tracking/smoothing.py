@@ -12,11 +12,12 @@ window of ``n`` points gets when it is evaluated at its index ``pos``:
   the Hodrick-Prescott filter of econometrics), i.e. row ``pos`` of ``(I + lam D^T D)^-1`` with ``D`` the second
   difference. The two sums are exactly the two figures a tracker is judged by (distance from the detections,
   squared, and the jitter, the RMS second difference), so for a given jitter no linear filter stays closer to the
-  points: on the sample clips it keeps fits 0.06-0.2 px closer to the raw detections than Savitzky-Golay at the same jitter
-  (docs/tracking.md). Lines pass unchanged. Its impulse response decays geometrically; ``window`` truncates it (the
-  weights of ``lam = 0.5`` over 11 frames are within 5e-4 of the infinite filter's). Written here rather than taken
-  from a library because the streaming filter needs the weights of every truncated window (segment starts and ends),
-  which neither scipy nor statsmodels' ``hpfilter`` (whole series only) gives; they are one small solve each, cached.
+  points: on the sample clips it keeps fits 0.06-0.2 px closer to the raw detections than Savitzky-Golay at the same
+  jitter (docs/tracking.md). Lines pass unchanged. Its impulse response decays geometrically; ``window`` truncates
+  it (the weights of ``lam = 0.5`` over 11 frames are within 5e-4 of the infinite filter's). Written here rather
+  than taken from a library because the streaming filter needs the weights of every truncated window (segment
+  starts and ends), which neither scipy nor statsmodels' ``hpfilter`` (whole series only) gives; they are one small
+  solve each, cached.
 * :class:`StreamingSavitzkyGolay` (``order``): the least-squares polynomial of ``order`` over the window (scipy's
   ``savgol_coeffs``); exact for polynomials up to that order.
 

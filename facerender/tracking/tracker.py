@@ -72,7 +72,7 @@ class TrackerConfig:
     w_color: float = 0.003
     w_sh: float = 1e-5
     w_identity: float = 1e-6
-    w_temporal: float = 3e-6
+    w_temporal: float = 1e-5
     temporal_sigma: Dict[str, float] = field(default_factory=lambda: {
         "rotation": 0.02, "translation": 0.3, "expression": 0.15, "sh": 0.2})
     velocity: float = 0.5
