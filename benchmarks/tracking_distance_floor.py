@@ -219,7 +219,7 @@ def main(argv=None):
         for r in rows:
             n, res = sweep(model, r["track"], r["best_identity"], checks=args.checks)
             print(f"{r['track']} ({n} frames; single-image fit {r['single_free']:.2f} px): "
-                  + ", ".join(f"{w if w.startswith('wh') else 'w' + w}: {j:.2f} / {d:.2f}" for w, j, d in res))
+                  + ", ".join(f"{'w' + w if w[0].isdigit() else w}: {j:.2f} / {d:.2f}" for w, j, d in res))
 
 
 if __name__ == "__main__":
