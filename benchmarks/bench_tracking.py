@@ -42,7 +42,7 @@ import torch
 from facerender.io import VideoReader, VideoWriter
 from facerender.tracking.facebox import LandmarkTracker
 from facerender.tracking.tracker import TrackerConfig
-from facerender.tracking.video import TrackConfig, landmark_jitter, load_track, track_video
+from facerender.tracking.video import SAVGOL_SMOOTHING, TrackConfig, landmark_jitter, load_track, track_video
 
 
 def shared_video(name: str) -> Path:
@@ -163,8 +163,7 @@ def bench_landmarks(clips, frames):
 # ------------------------------------------------------------------------------------------------------ part 2
 #: ``--baseline``: the tracker settings of the 2026-11 releases (Savitzky-Golay 5 / order 2 landmark smoothing and
 #: the temporal weight 3e-5 it was tuned with), tracked in the same run as the current defaults.
-BASELINES = {"savgol5": lambda: TrackConfig(smoothing="savgol", smoothing_window=5, smoothing_order=2,
-                                            tracker=TrackerConfig(w_temporal=3e-5))}
+BASELINES = {"savgol5": lambda: TrackConfig(**SAVGOL_SMOOTHING, tracker=TrackerConfig(w_temporal=3e-5))}
 
 
 def bench_tracking(clips, frames, solver, overlay, model, out_root, baseline=None):

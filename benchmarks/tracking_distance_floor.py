@@ -102,13 +102,20 @@ def floor_row(model, path, every, rounds):
     return row
 
 
+def second_difference(n):
+    """The sparse ``(n - 2, n)`` second-difference operator ``D2``."""
+    import scipy.sparse as sp
+
+    return sp.diags([np.ones(n - 2), -2 * np.ones(n - 2), np.ones(n - 2)], [0, 1, 2], shape=(n - 2, n))
+
+
 def whittaker_series(y, lam):
     """Whittaker-Henderson smoothing of a whole series ``(T, ...)``: the minimiser of ``|x - y|^2 + lam |D2 x|^2``."""
     import scipy.sparse as sp
     from scipy.sparse.linalg import splu
 
     n = y.shape[0]
-    d = sp.diags([np.ones(n - 2), -2 * np.ones(n - 2), np.ones(n - 2)], [0, 1, 2], shape=(n - 2, n))
+    d = second_difference(n)
     return splu(sp.csc_matrix(sp.eye(n) + lam * (d.T @ d))).solve(y.reshape(n, -1)).reshape(y.shape)
 
 
@@ -181,7 +188,7 @@ def robust_whittaker(series, anchor, lam, eps=0.05, iterations=30):
     from scipy.sparse.linalg import splu
 
     n, P = anchor.shape[:2]
-    d = sp.diags([np.ones(n - 2), -2 * np.ones(n - 2), np.ones(n - 2)], [0, 1, 2], shape=(n - 2, n))
+    d = second_difference(n)
     dd = lam * (d.T @ d)
     out = [x.copy() for x in series]
     for _ in range(iterations):

@@ -25,7 +25,7 @@ def run_track(args) -> int:
     ``no_overlay``, ``restart``, ``smoothing``, ``smoothing_lambda``, ``home``). Returns the exit status."""
     from morphable_models import load_ict
 
-    from .video import TrackConfig, track_video
+    from .video import SAVGOL_SMOOTHING, TrackConfig, track_video
 
     model = load_ict(args.home)
     tracker_cfg = None
@@ -38,7 +38,7 @@ def run_track(args) -> int:
         tracker_cfg = TrackerConfig(size=int(size))
     method = getattr(args, "smoothing", "whittaker")
     smoothing = {"none": dict(smoothing_window=1),
-                 "savgol": dict(smoothing="savgol", smoothing_window=5, smoothing_order=2),
+                 "savgol": SAVGOL_SMOOTHING,
                  "whittaker": dict(smoothing="whittaker",
                                    smoothing_lambda=float(getattr(args, "smoothing_lambda", 0.5)))}[method]
     cfg = TrackConfig(tracker=tracker_cfg, **smoothing)  # ValueError on a bad lambda

@@ -37,6 +37,7 @@ Memory is bounded: at most ``delay`` pending frames and ``window - 1`` history p
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
@@ -46,7 +47,7 @@ from scipy.signal import savgol_coeffs
 __all__ = ["StreamingLinearSmoother", "StreamingSavitzkyGolay", "StreamingWhittaker", "make_smoother"]
 
 
-class StreamingLinearSmoother:
+class StreamingLinearSmoother(ABC):
     """Push per-frame points ``(L, 2)`` (any shape ``(L, D)``, or None); get back the smoothed points of the frame
     ``delay = window // 2`` frames ago (see the module docstring). Subclasses give the window weights
     (:meth:`_weights`) and their settings (:attr:`method`, :meth:`_settings`).
@@ -60,7 +61,7 @@ class StreamingLinearSmoother:
     Smoothed points are float64 arrays of the shape pushed.
     """
 
-    method = "linear"
+    method: str  # the subclass's name for it ("savgol", "whittaker"), stored in the state
 
     def __init__(self, window: int = 5):
         if isinstance(window, bool) or int(window) != window or window < 1 or window % 2 == 0:
@@ -75,9 +76,9 @@ class StreamingLinearSmoother:
         """The filter's parameters besides the window (stored in the state and checked on load)."""
         return {}
 
+    @abstractmethod
     def _weights(self, n: int, pos: int) -> np.ndarray:
         """Weights ``(n,)`` of a window of ``n >= 2`` points evaluated at its index ``pos``."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self._settings().items())

@@ -49,6 +49,7 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -66,8 +67,12 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 __all__ = ["TrackConfig", "TrackResult", "Track", "track_video", "load_track", "render_overlay", "select_keyframes",
-           "keyframe_descriptor", "landmark_jitter", "psnr_summary", "STATE_DIR", "FORMAT_VERSION"]
+           "keyframe_descriptor", "landmark_jitter", "psnr_summary", "STATE_DIR", "FORMAT_VERSION",
+           "SAVGOL_SMOOTHING"]
 
+#: The landmark smoothing of the 2026-11 releases, Savitzky-Golay 5 / order 2, as ``TrackConfig`` fields
+#: (``facerender track --smoothing savgol``; the benchmarks' baseline).
+SAVGOL_SMOOTHING = MappingProxyType({"smoothing": "savgol", "smoothing_window": 5, "smoothing_order": 2})
 #: Name of the chunk store inside the output folder.
 STATE_DIR = ".track"
 #: Version of params.npz and of the chunk store (2: smoothed landmarks, fixed-vertex model landmarks, the smoother's
