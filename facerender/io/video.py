@@ -211,6 +211,9 @@ def read_audio(path: PathLike) -> Tuple[np.ndarray, int]:
             raise VideoError(f"{str(path)!r} holds no audio stream")
         stream = container.streams.audio[0]
         rate = int(stream.rate)
+        # read what is needed after decoding now: PyAV >= 17 refuses stream attributes once the container is closed
+        channels = stream.channels
+        duration, time_base = stream.duration, stream.time_base
         resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=rate)
         chunks = []
         try:
@@ -223,11 +226,10 @@ def read_audio(path: PathLike) -> Tuple[np.ndarray, int]:
             raise VideoError(f"error decoding the audio of {str(path)!r}: {e}") from e
     finally:
         container.close()
-    channels = stream.channels
     samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), np.float32)
-    if stream.duration is not None and stream.time_base is not None:
+    if duration is not None and time_base is not None:
         # AAC decodes whole 1024-sample frames: drop the encoder's end padding past the stream's duration.
-        n = int(round(stream.duration * stream.time_base * rate))
+        n = int(round(duration * time_base * rate))
         samples = samples[:, :n] if 0 < n < samples.shape[1] else samples
     return np.ascontiguousarray(samples, dtype=np.float32), rate
 
