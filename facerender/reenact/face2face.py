@@ -38,7 +38,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -48,8 +48,10 @@ from morphable_models import LinearFaceModel, model_to_camera
 from morphable_models.paths import PathLike
 
 from ..cameras import PinholeCamera
-from ..errors import FaceRenderError, VideoError
+from ..errors import FaceRenderError
 from ..render.rasterize import RasterSettings, rasterize
+from .common import (FrameSource, SeamMeter, actor_neutral, choose_audio, frame_schedule, load_or_track,
+                     side_by_side_frame, transfer_expression)
 
 log = logging.getLogger(__name__)
 
@@ -141,117 +143,14 @@ class Face2FaceResult:
     summary: Dict[str, object] = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------------------------------------------------------
-# expression transfer
-
-
-def actor_neutral(expression: np.ndarray, valid: Optional[np.ndarray] = None, percentile: float = 5.0) -> np.ndarray:
-    """An actor's neutral expression: the ``percentile``-th percentile of each weight over the (valid) frames."""
-    e = np.asarray(expression, dtype=np.float64)
-    if valid is not None and np.any(valid):
-        e = e[np.asarray(valid, dtype=bool)]
-    if e.shape[0] == 0:
-        return np.zeros(expression.shape[-1])
-    return np.percentile(e, percentile, axis=0)
-
-
-def transfer_expression(source: np.ndarray, source_neutral: np.ndarray, target_neutral: np.ndarray,
-                        keep: Optional[np.ndarray] = None, target_current: Optional[np.ndarray] = None,
-                        lower: float = 0.0, upper: float = 1.0) -> np.ndarray:
-    """``clip(target_neutral + (source - source_neutral), lower, upper)``; weights where ``keep`` is True take
-    ``target_current`` instead (e.g. the target's own gaze). Shapes ``(..., K)``."""
-    out = np.clip(np.asarray(target_neutral) + (np.asarray(source) - np.asarray(source_neutral)), lower, upper)
-    if keep is not None and target_current is not None:
-        out = np.where(keep, target_current, out)
-    return out
-
-
-def frame_schedule(n_source: int, fps_source: float, n_target: int, fps_target: float, length: str
-                   ) -> Tuple[np.ndarray, np.ndarray, float]:
-    """Source and target frame index per output frame, and the output fps (see the module docstring)."""
-    if n_source < 1 or n_target < 1:
-        raise ValueError(f"both videos need frames, got {n_source} and {n_target}")
-    if length == "source":
-        fps, dur = fps_source, n_source / fps_source
-    elif length == "target":
-        fps, dur = fps_target, n_target / fps_target
-    else:
-        fps = fps_source
-        dur = min(n_source / fps_source, n_target / fps_target)
-    n = max(1, int(round(dur * fps)))
-    t = np.arange(n) / fps
-
-    def pingpong(k, m):
-        if m == 1:
-            return np.zeros_like(k)
-        period = 2 * (m - 1)
-        k = k % period
-        return np.where(k < m, k, period - k)
-
-    src = np.minimum(np.round(t * fps_source).astype(np.int64), 10 ** 12)
-    src = src % n_source if length == "target" else np.minimum(src, n_source - 1)
-    tgt = pingpong(np.round(t * fps_target).astype(np.int64), n_target)
-    return src, tgt, fps
-
-
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def _load_or_track(path: Path, out_dir: Path, model, max_frames, progress) -> Tuple[Path, Path]:
-    """(track folder, video path) for a video or a folder written by ``facerender track``."""
-    from ..tracking.video import load_track, track_video
-
-    path = Path(path)
-    if path.is_dir():
-        tr = load_track(path)
-        video = Path(tr.video)
-        if not video.is_file():
-            raise FileNotFoundError(f"{path} is a track of {tr.video}, which no longer exists")
-        return path, video
-    if not path.exists():
-        raise FileNotFoundError(f"no such video or track folder: {path}")
-    track_video(path, out_dir, model, max_frames=max_frames, overlay=False, progress=progress)
-    return out_dir, path
-
-
-class _FrameSource:
-    """Frames of a video by index: a cache (when indices go back, e.g. ping-pong) or a forward stream."""
-
-    def __init__(self, path: Path, cache: bool, limit: Optional[int] = None):
-        from ..io.video import VideoReader
-
-        self.reader = VideoReader(path)
-        self.cache: Optional[List[np.ndarray]] = None
-        self.limit = limit
-        if cache:
-            self.cache = []
-            for i, fr in enumerate(self.reader):
-                if limit is not None and i >= limit:
-                    break
-                self.cache.append(fr.image)
-        self._it: Optional[Iterator] = None
-        self._pos = -1
-        self._cur: Optional[np.ndarray] = None
-
-    def get(self, i: int) -> np.ndarray:
-        if self.cache is not None:
-            return self.cache[min(i, len(self.cache) - 1)]
-        if self._it is None or i < self._pos:  # restart (a loop)
-            self._it = iter(self.reader)
-            self._pos = -1
-        while self._pos < i:
-            try:
-                self._cur = next(self._it).image
-                self._pos += 1
-            except StopIteration:
-                break
-        return self._cur
+# expression transfer, the frame schedule, frame access, audio, panels and the seam meter: .common (re-exported
+# here: actor_neutral, transfer_expression, frame_schedule)
 
 
 class _Reenactor:
     """Per-frame rendering and compositing for one target (precomputed model, mouth database, camera)."""
 
-    def __init__(self, model: LinearFaceModel, tgt, cfg: Face2FaceConfig, target_frames: "_FrameSource"):
+    def __init__(self, model: LinearFaceModel, tgt, cfg: Face2FaceConfig, target_frames: "FrameSource"):
         ok = int(np.asarray(tgt.face_found, dtype=bool).sum())
         self.use_retrieval = cfg.mouth == "retrieval" and ok >= cfg.mouth_min_frames
         from ..render.conditioning import region_albedo
@@ -305,7 +204,7 @@ class _Reenactor:
         self.mouth_db = None
         self.prev_match = None
 
-    def build_mouth_database(self, tgt, frames: "_FrameSource"):
+    def build_mouth_database(self, tgt, frames: "FrameSource"):
         from .mouth import MouthConfig, MouthDatabase
 
         idx = np.nonzero(np.asarray(tgt.face_found, dtype=bool))[0]
@@ -478,24 +377,6 @@ class _Reenactor:
         return out.numpy()
 
 
-def _label(img: np.ndarray, text: str) -> np.ndarray:
-    from PIL import Image, ImageDraw
-
-    im = Image.fromarray(img)
-    d = ImageDraw.Draw(im)
-    d.rectangle([0, 0, 8 + 7 * len(text), 16], fill=(0, 0, 0))
-    d.text((4, 2), text, fill=(255, 255, 255))
-    return np.asarray(im)
-
-
-def _panel(img: np.ndarray, height: int) -> np.ndarray:
-    from PIL import Image
-
-    h, w = img.shape[:2]
-    nw = max(2, int(round(w * height / h)) // 2 * 2)
-    return np.asarray(Image.fromarray(img).resize((nw, height), Image.BILINEAR))
-
-
 def face2face(
     source: PathLike,
     target: PathLike,
@@ -531,10 +412,10 @@ def face2face(
     timer = {k: 0.0 for k in ("track_source", "track_target", "mouth_database", "decode", "transfer", "render",
                               "composite", "encode")}
     t = time.perf_counter()
-    src_dir, src_video = _load_or_track(Path(source), out / "source_track", model, cfg.max_frames, progress)
+    src_dir, src_video = load_or_track(Path(source), out / "source_track", model, cfg.max_frames, progress)
     timer["track_source"] = time.perf_counter() - t
     t = time.perf_counter()
-    tgt_dir, tgt_video = _load_or_track(Path(target), out / "target_track", model, cfg.max_frames, progress)
+    tgt_dir, tgt_video = load_or_track(Path(target), out / "target_track", model, cfg.max_frames, progress)
     timer["track_target"] = time.perf_counter() - t
     src, tgt = load_track(src_dir), load_track(tgt_dir)
     if tuple(src.expression_names) != tuple(tgt.expression_names):
@@ -559,24 +440,14 @@ def face2face(
         rot_out = (rel * Rot.from_rotvec(rot_out)).as_rotvec()
     # frames
     t = time.perf_counter()
-    tgt_frames = _FrameSource(tgt_video, cache=True, limit=n_tgt)
-    src_frames = _FrameSource(src_video, cache=False)
+    tgt_frames = FrameSource(tgt_video, cache=True, limit=n_tgt)
+    src_frames = FrameSource(src_video, cache=False)
     timer["decode"] += time.perf_counter() - t
     re = _Reenactor(model, tgt, cfg, tgt_frames)
     t = time.perf_counter()
     re.build_mouth_database(tgt, tgt_frames)
     timer["mouth_database"] = time.perf_counter() - t
-    audio_choice = cfg.audio if cfg.audio != "auto" else cfg.length if cfg.length != "shortest" else "source"
-    audio = None
-    if audio_choice != "none":
-        from ..io.video import VideoReader
-
-        av_path = src_video if audio_choice == "source" else tgt_video
-        try:
-            if VideoReader(av_path).has_audio:
-                audio = av_path
-        except VideoError:
-            audio = None
+    audio = choose_audio(cfg.audio, cfg.length, src_video, tgt_video)
     stills_dir = out / "stills"
     stills_dir.mkdir(exist_ok=True)
     still_paths: List[Path] = []
@@ -591,9 +462,7 @@ def face2face(
             bar = None
     t_loop = time.perf_counter()
     H, W = tgt.image_size
-    prev = None
-    seam_out: List[float] = []
-    seam_tgt: List[float] = []
+    seam = SeamMeter()
     writer = VideoWriter(out / "result.mp4", fps=fps, audio_from=audio, crf=cfg.crf, preset=cfg.preset)
     side = (VideoWriter(out / "side_by_side.mp4", fps=fps, audio_from=audio, crf=cfg.crf, preset=cfg.preset)
             if cfg.side_by_side else None)
@@ -618,22 +487,12 @@ def face2face(
                 fl.append("unchanged")
             flags.append(fl)
             band = re.last_band if "unchanged" not in fl else None
-            if band is not None and prev is not None:
-                r0, c0, bm = band
-                h, w = bm.shape
-                sl = (slice(r0, r0 + h), slice(c0, c0 + w))
-                bmn = bm.numpy()
-                if bmn.any():
-                    seam_out.append(np.abs(result[sl].astype(np.float32) - prev[0][sl]).mean(-1)[bmn].mean())
-                    seam_tgt.append(np.abs(frame[sl].astype(np.float32) - prev[1][sl]).mean(-1)[bmn].mean())
-            prev = (result.astype(np.float32), frame.astype(np.float32))
+            seam.add(result, frame, None if band is None else (band[0], band[1], band[2].numpy()))
             t = time.perf_counter()
             writer.write(result)
             if side is not None:
-                panels = [_label(_panel(sframe, cfg.side_height), "source"),
-                          _label(_panel(frame, cfg.side_height), "target"),
-                          _label(_panel(result, cfg.side_height), "result")]
-                side.write(np.concatenate(panels, 1))
+                side.write(side_by_side_frame([sframe, frame, result], ["source", "target", "result"],
+                                              cfg.side_height))
             timer["encode"] += time.perf_counter() - t
             if stills:
                 for name, img in stills.items():
@@ -666,12 +525,7 @@ def face2face(
         "tracking_fps": {"source": None if Path(source).is_dir() else n_src / max(timer["track_source"], 1e-9),
                          "target": None if Path(target).is_dir() else n_tgt / max(timer["track_target"], 1e-9)},
         "mouth": "retrieval" if re.mouth_db is not None else "model",
-        "seam_stability": {
-            "output_band_mad": float(np.mean(seam_out)) if seam_out else None,
-            "target_band_mad": float(np.mean(seam_tgt)) if seam_tgt else None,
-            "ratio": float(np.mean(seam_out) / max(np.mean(seam_tgt), 1e-6)) if seam_out else None,
-            "note": "mean absolute frame-to-frame difference (0-255) in an ~8 px band around the blend border, in "
-                    "the output and in the target video itself over the same band"},
+        "seam_stability": seam.summary(),
         "flags": {"source_no_face": int(sum("source_no_face" in f for f in flags)),
                   "target_no_face": int(sum("target_no_face" in f for f in flags))},
     }

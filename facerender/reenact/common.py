@@ -1,0 +1,197 @@
+"""Pieces shared by every reenactment pipeline (Face2Face, Deep Video Portraits, Neural Voice Puppetry, ...):
+the frame schedule (lengths, frame rates, ping-pong), actors' neutral expressions and the relative expression
+transfer, random access to a video's frames, the audio policy, side-by-side panels and the seam-stability meter.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import VideoError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load_or_track", "frame_schedule", "actor_neutral", "transfer_expression", "FrameSource", "choose_audio",
+           "label_image", "panel", "side_by_side_frame", "SeamMeter"]
+
+
+def load_or_track(path: Path, out_dir: Path, model, max_frames, progress) -> Tuple[Path, Path]:
+    """``(track folder, video path)`` for a video (tracked into ``out_dir``, all frames or the first ``max_frames``)
+    or a folder written by ``facerender track`` (reused as is)."""
+    from ..tracking.video import load_track, track_video
+
+    path = Path(path)
+    if path.is_dir():
+        tr = load_track(path)
+        video = Path(tr.video)
+        if not video.is_file():
+            raise FileNotFoundError(f"{path} is a track of {tr.video}, which no longer exists")
+        return path, video
+    if not path.exists():
+        raise FileNotFoundError(f"no such video or track folder: {path}")
+    track_video(path, out_dir, model, max_frames=max_frames, overlay=False, progress=progress)
+    return out_dir, path
+
+
+def actor_neutral(expression: np.ndarray, valid: Optional[np.ndarray] = None, percentile: float = 5.0) -> np.ndarray:
+    """An actor's neutral expression: the ``percentile``-th percentile of each weight over the (valid) frames."""
+    e = np.asarray(expression, dtype=np.float64)
+    if valid is not None and np.any(valid):
+        e = e[np.asarray(valid, dtype=bool)]
+    if e.shape[0] == 0:
+        return np.zeros(expression.shape[-1])
+    return np.percentile(e, percentile, axis=0)
+
+
+def transfer_expression(source: np.ndarray, source_neutral: np.ndarray, target_neutral: np.ndarray,
+                        keep: Optional[np.ndarray] = None, target_current: Optional[np.ndarray] = None,
+                        lower: float = 0.0, upper: float = 1.0) -> np.ndarray:
+    """``clip(target_neutral + (source - source_neutral), lower, upper)``; weights where ``keep`` is True take
+    ``target_current`` instead (e.g. the target's own gaze). Shapes ``(..., K)``."""
+    out = np.clip(np.asarray(target_neutral) + (np.asarray(source) - np.asarray(source_neutral)), lower, upper)
+    if keep is not None and target_current is not None:
+        out = np.where(keep, target_current, out)
+    return out
+
+
+def frame_schedule(n_source: int, fps_source: float, n_target: int, fps_target: float, length: str
+                   ) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Source and target frame index per output frame, and the output fps (see the module docstring)."""
+    if n_source < 1 or n_target < 1:
+        raise ValueError(f"both videos need frames, got {n_source} and {n_target}")
+    if length == "source":
+        fps, dur = fps_source, n_source / fps_source
+    elif length == "target":
+        fps, dur = fps_target, n_target / fps_target
+    else:
+        fps = fps_source
+        dur = min(n_source / fps_source, n_target / fps_target)
+    n = max(1, int(round(dur * fps)))
+    t = np.arange(n) / fps
+
+    def pingpong(k, m):
+        if m == 1:
+            return np.zeros_like(k)
+        period = 2 * (m - 1)
+        k = k % period
+        return np.where(k < m, k, period - k)
+
+    src = np.minimum(np.round(t * fps_source).astype(np.int64), 10 ** 12)
+    src = src % n_source if length == "target" else np.minimum(src, n_source - 1)
+    tgt = pingpong(np.round(t * fps_target).astype(np.int64), n_target)
+    return src, tgt, fps
+
+
+class FrameSource:
+    """Frames of a video by index: a cache (when indices go back, e.g. ping-pong) or a forward stream."""
+
+    def __init__(self, path: Path, cache: bool, limit: Optional[int] = None):
+        from ..io.video import VideoReader
+
+        self.reader = VideoReader(path)
+        self.cache: Optional[List[np.ndarray]] = None
+        self.limit = limit
+        if cache:
+            self.cache = []
+            for i, fr in enumerate(self.reader):
+                if limit is not None and i >= limit:
+                    break
+                self.cache.append(fr.image)
+        self._it: Optional[Iterator] = None
+        self._pos = -1
+        self._cur: Optional[np.ndarray] = None
+
+    def get(self, i: int) -> np.ndarray:
+        if self.cache is not None:
+            return self.cache[min(i, len(self.cache) - 1)]
+        if self._it is None or i < self._pos:  # restart (a loop)
+            self._it = iter(self.reader)
+            self._pos = -1
+        while self._pos < i:
+            try:
+                self._cur = next(self._it).image
+                self._pos += 1
+            except StopIteration:
+                break
+        return self._cur
+
+
+def choose_audio(policy: str, length: str, source_video: Path, target_video: Path) -> Optional[Path]:
+    """The file whose audio goes into the output: ``policy`` ``"auto"`` takes the video the output's length follows
+    (``length`` ``"source"``/``"target"``; ``"shortest"`` takes the source), else ``"source"`` / ``"target"``;
+    ``"none"`` or a chosen video without an audio stream gives None (a warning says so)."""
+    if policy not in ("auto", "source", "target", "none"):
+        raise ValueError(f"audio must be 'auto', 'source', 'target' or 'none', got {policy!r}")
+    choice = policy if policy != "auto" else (length if length != "shortest" else "source")
+    if choice == "none":
+        return None
+    from ..io.video import VideoReader
+
+    path = Path(source_video if choice == "source" else target_video)
+    try:
+        if VideoReader(path).has_audio:
+            return path
+    except VideoError:
+        pass
+    if policy != "auto":
+        log.warning("the %s video %s has no audio stream: the output is silent", choice, path)
+    return None
+
+
+def label_image(img: np.ndarray, text: str) -> np.ndarray:
+    """A copy of ``img (H, W, 3)`` uint8 with ``text`` in a black box at the top left."""
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(img)
+    d = ImageDraw.Draw(im)
+    d.rectangle([0, 0, 8 + 7 * len(text), 16], fill=(0, 0, 0))
+    d.text((4, 2), text, fill=(255, 255, 255))
+    return np.asarray(im)
+
+
+def panel(img: np.ndarray, height: int) -> np.ndarray:
+    """``img`` resized to ``height`` rows (even width, aspect kept)."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    nw = max(2, int(round(w * height / h)) // 2 * 2)
+    return np.asarray(Image.fromarray(img).resize((nw, height), Image.BILINEAR))
+
+
+def side_by_side_frame(images: Sequence[np.ndarray], labels: Sequence[str], height: int) -> np.ndarray:
+    """Labelled panels of equal height next to each other (the ``side_by_side.mp4`` frame)."""
+    return np.concatenate([label_image(panel(im, height), t) for im, t in zip(images, labels)], 1)
+
+
+class SeamMeter:
+    """Seam stability of a composite: the mean absolute frame-to-frame difference (0-255) inside a band around
+    the blend border, in the output and in the target video itself over the same band. ``ratio`` near 1 means the
+    border does not flicker more than the video does there."""
+
+    def __init__(self):
+        self.out: List[float] = []
+        self.tgt: List[float] = []
+        self._prev: Optional[Tuple[np.ndarray, np.ndarray]] = None
+
+    def add(self, result: np.ndarray, target: np.ndarray, band) -> None:
+        """``band``: ``(row0, col0, mask (h, w) bool)`` in the frame, or None (frame not composited)."""
+        if band is not None and self._prev is not None:
+            r0, c0, bm = band
+            bm = np.asarray(bm, dtype=bool)
+            h, w = bm.shape
+            sl = (slice(r0, r0 + h), slice(c0, c0 + w))
+            if bm.any():
+                self.out.append(float(np.abs(result[sl].astype(np.float32) - self._prev[0][sl]).mean(-1)[bm].mean()))
+                self.tgt.append(float(np.abs(target[sl].astype(np.float32) - self._prev[1][sl]).mean(-1)[bm].mean()))
+        self._prev = (result.astype(np.float32), target.astype(np.float32))
+
+    def summary(self) -> dict:
+        o = float(np.mean(self.out)) if self.out else None
+        t = float(np.mean(self.tgt)) if self.tgt else None
+        return {"output_band_mad": o, "target_band_mad": t,
+                "ratio": float(o / max(t, 1e-6)) if o is not None else None,
+                "note": "mean absolute frame-to-frame difference (0-255) in the band around the blend border, in "
+                        "the output and in the target video itself over the same band"}
