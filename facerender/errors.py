@@ -23,6 +23,11 @@ class VideoError(FaceRenderError, ValueError):
     """A video cannot be read or written (the message names the file)."""
 
 
+class AudioError(VideoError):
+    """Audio that cannot serve as speech input: no audio stream, an unusable sample rate, non-finite samples (the
+    message names the file or argument and what was received). A :class:`VideoError`, so existing handlers catch it."""
+
+
 class FittingError(FaceRenderError, RuntimeError):
     """A fit could not run (e.g. too few landmarks); numerical trouble is flagged on the result instead."""
 
@@ -32,6 +37,7 @@ __all__ = [
     "BackendUnavailableError",
     "NoFaceError",
     "VideoError",
+    "AudioError",
     "FittingError",
     "FaceModelError",
     "ModelFileError",
