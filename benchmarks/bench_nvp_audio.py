@@ -1,0 +1,395 @@
+"""Benchmark of Neural Voice Puppetry's audio half: features, Audio2ExpressionNet on real speech, the synthetic check.
+
+Parts (each prints a table; ``--json`` writes everything):
+
+1. **Features** (CPU): log-mel per second of audio -- torch one-shot on 60 s, batched 8 x 10 s, streamed
+  (:class:`~facerender.audio.MelStream`, 1-s chunks), decode + features of the GRID clips -- against the baseline of the
+  same maths in vectorised NumPy (Wav2Lip's pipeline without librosa), measured in the same run. Memory of a long
+  file streamed through :func:`~facerender.audio.iter_log_mel` (resident set size at the start and the end).
+2. **Synthetic check**: audio whose loudness drives jawOpen through a known map; held-out correlation and the
+  offset that maximises it.
+3. **Real speech** (needs ``--tracks``, from ``benchmarks/prepare_speech_tracks.py``): Audio2ExpressionNet trained on
+  the training part of every speaker, evaluated on the held-out last 20 %: correlation of predicted and tracked
+  jawOpen and of the inner-lip opening of the mesh (iBUG points 62-66, cm) per frame, the audio-video offset that
+  maximises it (-5 .. 5 frames), next to a baseline measured in the same run (per speaker, a linear regression of
+  jawOpen / opening on the loudness around the frame), and a new target's map fitted in closed form from frozen
+  codes. The trained network is saved to ``--save`` for the rendering phase.
+4. **Speed**: audio-to-expression per frame (a whole clip batched, and frame by frame as a stream).
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_nvp_audio.py --tracks ../nvp_tracks [--steps 2000] [--batch 64]
+        [--save ../nvp_tracks/audio2expression.pt] [--json out.json] [--skip features,synthetic,real]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import median_ms  # noqa: E402
+
+from facerender.audio import MelConfig, MelStream, compute_features, iter_log_mel, log_mel  # noqa: E402
+from neural_renderers.nvp import (Audio2ExpressionConfig, Audio2ExpressionMethod, Audio2ExpressionNet,  # noqa: E402
+                                  FrameSequenceDataset, fit_identity_map, load_speech_tracks,
+                                  mouth_weights_from_model, train_simple)
+from neural_renderers.nvp.synthetic import synthetic_clip  # noqa: E402
+
+JAW = 26  # ICT's jawOpen
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def numpy_log_mel(x: np.ndarray, cfg: MelConfig, fb: np.ndarray) -> np.ndarray:
+    """The baseline: the same features in vectorised NumPy (float32 framing, numpy FFT)."""
+    y = np.empty_like(x)
+    y[0] = x[0]
+    y[1:] = x[1:] - cfg.preemphasis * x[:-1]
+    T = -(-len(x) // cfg.hop_length)
+    pad = np.zeros((T - 1) * cfg.hop_length + cfg.n_fft, np.float32)
+    pad[cfg.left_pad:cfg.left_pad + len(y)] = y
+    idx = np.arange(T)[:, None] * cfg.hop_length + np.arange(cfg.n_fft)[None]
+    win = np.hanning(cfg.win_length + 1)[:-1].astype(np.float32)
+    mag = np.abs(np.fft.rfft(pad[idx] * win, axis=1))
+    S = 20 * np.log10(np.maximum(1e-5, mag @ fb.T)) - cfg.ref_level_db
+    return np.clip(8 * (S + 100) / 100 - 4, -4, 4)
+
+
+def corr(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.size < 3 or a.std() < 1e-12 or b.std() < 1e-12:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def offset_curve(pairs, max_shift=5):
+    """Pooled correlation of ``pred[t + k]`` with ``truth[t]`` within each clip for k in -max..max."""
+    out = {}
+    for k in range(-max_shift, max_shift + 1):
+        ps, ts = [], []
+        for p, t in pairs:
+            n = len(t)
+            if n <= abs(k) + 2:
+                continue
+            if k >= 0:
+                ps.append(p[k:]), ts.append(t[:n - k])
+            else:
+                ps.append(p[:n + k]), ts.append(t[-k:])
+        out[k] = corr(np.concatenate(ps), np.concatenate(ts)) if ps else float("nan")
+    return out
+
+
+def table(title, rows, cols):
+    print(f"\n{title}")
+    w = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
+    print("  " + " | ".join(c.ljust(x) for c, x in zip(cols, w)))
+    print("  " + "-+-".join("-" * x for x in w))
+    for r in rows:
+        print("  " + " | ".join(str(r.get(c, "")).ljust(x) for c, x in zip(cols, w)))
+
+
+# ------------------------------------------------------------------------------------------------------ parts
+def part_features(speech_dir: Path, results: dict):
+    cfg = MelConfig()
+    rng = np.random.default_rng(0)
+    x60 = (0.1 * rng.standard_normal(16000 * 60)).astype(np.float32)
+    fb = __import__("facerender.audio", fromlist=["mel_filterbank"]).mel_filterbank(cfg).numpy()
+    rows = []
+    ms = median_ms(lambda: numpy_log_mel(x60, cfg, fb), 3, 1)
+    rows.append({"what": "baseline: NumPy, one shot, 60 s", "ms per s of audio": f"{ms / 60:.2f}",
+                 "x real time": f"{60e3 / ms:.0f}"})
+    xt = torch.from_numpy(x60)
+    ms = median_ms(lambda: log_mel(xt, cfg), 5, 1)
+    rows.append({"what": "torch log_mel, one shot, 60 s", "ms per s of audio": f"{ms / 60:.2f}",
+                 "x real time": f"{60e3 / ms:.0f}"})
+    xb = xt[:16000 * 80].reshape(8, -1) if xt.numel() >= 16000 * 80 else xt.repeat(2)[:16000 * 80].reshape(8, -1)
+    ms = median_ms(lambda: log_mel(xb, cfg), 5, 1)
+    rows.append({"what": "torch log_mel, batch 8 x 10 s", "ms per s of audio": f"{ms / 80:.2f}",
+                 "x real time": f"{80e3 / ms:.0f}"})
+
+    def streamed():
+        s = MelStream(cfg)
+        for i in range(0, x60.shape[0], 16000):
+            s.push(x60[i:i + 16000])
+        s.finish()
+
+    ms = median_ms(streamed, 3, 1)
+    rows.append({"what": "torch MelStream, 1-s chunks, 60 s", "ms per s of audio": f"{ms / 60:.2f}",
+                 "x real time": f"{60e3 / ms:.0f}"})
+    clips = sorted((speech_dir / "grid_s1" / "video").glob("*.mp4"))[:20]
+    if clips:
+        t = time.perf_counter()
+        dur = sum(compute_features(p).duration for p in clips)
+        el = time.perf_counter() - t
+        rows.append({"what": f"decode (AAC 44.1 kHz) + resample + features + flags, {len(clips)} GRID clips",
+                     "ms per s of audio": f"{1e3 * el / dur:.2f}", "x real time": f"{dur / el:.0f}"})
+    table("Audio features (CPU, 16 kHz, 80 mels, 25 ms / 10 ms)", rows, ["what", "ms per s of audio", "x real time"])
+    results["features"] = rows
+    # memory of a long file, streamed
+    with tempfile.TemporaryDirectory() as d:
+        import av
+
+        minutes = 10
+        p = Path(d) / "long.wav"
+        c = av.open(str(p), mode="w")
+        s = c.add_stream("pcm_s16le", rate=16000, layout="mono")
+        for m in range(minutes * 6):
+            seg = (0.1 * rng.standard_normal(16000 * 10) * 32767).astype(np.int16).reshape(1, -1)
+            fr = av.AudioFrame.from_ndarray(seg, format="s16", layout="mono")
+            fr.sample_rate = 16000
+            for pk in s.encode(fr):
+                c.mux(pk)
+        for pk in s.encode(None):
+            c.mux(pk)
+        c.close()
+        samples, steps = [], 0
+        t = time.perf_counter()
+        for i, block in enumerate(iter_log_mel(p, cfg, chunk_seconds=10.0)):
+            steps += block.shape[0]
+            if i % 6 == 0:
+                samples.append(rss_mb())
+        el = time.perf_counter() - t
+        mem = {"minutes": minutes, "steps": steps, "rss_first_mb": round(samples[0], 1),
+               "rss_last_mb": round(samples[-1], 1), "rss_max_mb": round(max(samples), 1),
+               "x_real_time": round(minutes * 60 / el)}
+        print(f"\nStreaming a {minutes}-minute WAV through iter_log_mel (features not kept): {steps} steps, "
+              f"RSS {mem['rss_first_mb']} MB after the first 10 s, {mem['rss_last_mb']} MB at the end "
+              f"(max {mem['rss_max_mb']}), {mem['x_real_time']}x real time")
+        results["long_audio_memory"] = mem
+
+
+def toy_basis(K=53):
+    b = torch.zeros(K, K, 3)
+    b[torch.arange(K), torch.arange(K)] = 1.0
+    return b
+
+
+def part_synthetic(results: dict, steps: int, batch: int):
+    torch.manual_seed(0)
+    train = [synthetic_clip(30, seed=s) for s in range(4)]
+    test = synthetic_clip(30, seed=100)
+    net = Audio2ExpressionNet(Audio2ExpressionConfig())
+    with torch.no_grad():
+        net.maps.bias[0] = torch.from_numpy(train[0].expression.mean(0))
+    method = Audio2ExpressionMethod(net, toy_basis())
+    t = time.perf_counter()
+    train_simple(method, FrameSequenceDataset(train).batches(batch, seed=0), steps=steps, lr=2e-3, log_every=10 ** 9)
+    el = time.perf_counter() - t
+    with torch.no_grad():
+        pred = net.predict_sequence(torch.from_numpy(test.all_windows()), 0).numpy()[:, JAW]
+    truth = test.expression[:, JAW]
+    curve = offset_curve([(pred, truth)])
+    best = max(curve, key=lambda k: curve[k])
+    row = {"train frames": sum(c.num_frames for c in train), "steps": steps, "train s": f"{el:.0f}",
+           "held-out corr": f"{curve[0]:.4f}", "RMSE": f"{np.sqrt(np.mean((pred - truth) ** 2)):.4f}",
+           "best offset (frames)": best}
+    table("Synthetic check: loudness drives jawOpen through a known map (30 s held out)", [row], list(row))
+    results["synthetic"] = row
+
+
+def _opening(model, identity, expr: np.ndarray) -> np.ndarray:
+    """Inner-lip opening (cm): distance of iBUG points 62 and 66 on the mesh, per frame."""
+    out = []
+    ident = torch.as_tensor(identity, dtype=torch.float32)[None]
+    with torch.no_grad():
+        for i in range(0, len(expr), 512):
+            e = torch.as_tensor(expr[i:i + 512], dtype=torch.float32)
+            v = model(identity=ident.expand(e.shape[0], -1), expression=e).vertices
+            lm = model.get_landmarks(v, "ibug68")
+            out.append((lm[:, 62] - lm[:, 66]).norm(dim=-1).numpy())
+    return np.concatenate(out)
+
+
+def loudness(clip, frames):
+    """Per frame the mean of the log-mel over the 4 central steps of its window (the baseline's regressor)."""
+    w = clip.windows(frames)
+    return w[:, 6:10].mean(axis=(1, 2))
+
+
+def part_real(tracks: Path, results: dict, steps: int, batch: int, save: Path):
+    from facerender.tracking import load_track
+    from morphable_models import load_ict
+
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    train_clips, speakers = load_speech_tracks(tracks, "train")
+    held_clips, _ = load_speech_tracks(tracks, "heldout", speakers=speakers)
+    t_feat = time.perf_counter() - t
+    face = load_ict().submodel("face")
+    basis = face.expression_basis_3d().detach()
+    weights = mouth_weights_from_model(face)
+    ds = FrameSequenceDataset(train_clips)
+    cfg = Audio2ExpressionConfig(feature_dim=ds.feature_dim, num_identities=len(speakers))
+    net = Audio2ExpressionNet(cfg)
+    with torch.no_grad():
+        for i, spk in enumerate(speakers):
+            ex = np.concatenate([c.expression[c.start:c.stop][c.valid[c.start:c.stop]] for c in train_clips
+                                 if c.identity == i])
+            net.maps.bias[i] = torch.from_numpy(ex.mean(0))
+    method = Audio2ExpressionMethod(net, basis, weights)
+    print(f"\nreal speech: {len(speakers)} speakers, {len(ds)} training frames ({len(train_clips)} clip parts), "
+          f"{sum(c.stop - c.start for c in held_clips)} held-out frames; features in {t_feat:.0f} s; "
+          f"mouth region {int((weights > 1).sum())} of {weights.numel()} face vertices")
+    t = time.perf_counter()
+    hist = train_simple(method, ds.batches(batch, seed=0), steps=steps, lr=1e-3, log_every=max(steps // 10, 1))
+    t_train = time.perf_counter() - t
+    print(f"trained {steps} steps x {batch} in {t_train:.0f} s ({1e3 * t_train / steps:.0f} ms per step); loss "
+          f"{hist[0]['total']:.4f} -> {hist[-1]['total']:.4f} (vertex RMS at t: {hist[-1]['absolute']:.4f} cm)")
+    identities = {spk: load_track(tracks / json.loads((tracks / 'manifest.json').read_text())['speakers'][spk]['track']
+                                  ).identity for spk in speakers}
+
+    def evaluate(clips, map_override=None):
+        per = {}
+        for c in clips:
+            fr = np.arange(c.start, c.stop)
+            win = torch.from_numpy(c.windows(fr))
+            with torch.no_grad():
+                if map_override is None:
+                    pred = net.predict_sequence(win, c.identity).numpy()
+                else:
+                    W, b = map_override
+                    pred = (net.sequence_codes(win) @ W.T + b).numpy()
+            ok = c.valid[fr]
+            per.setdefault(c.speaker, []).append((pred, c.expression[fr], ok, c, fr))
+        return per
+
+    rows, curves = [], {}
+    model_cpu = face
+    per = evaluate(held_clips)
+    # the baseline: per speaker, linear regression of jawOpen / opening on loudness, fitted on training frames
+    base = {}
+    for spk in speakers:
+        tr = [c for c in train_clips if c.speaker == spk]
+        L = np.concatenate([loudness(c, np.arange(c.start, c.stop)) for c in tr])
+        J = np.concatenate([c.expression[c.start:c.stop, JAW] for c in tr])
+        O = np.concatenate([_opening(model_cpu, identities[spk], c.expression[c.start:c.stop]) for c in tr])
+        X = np.stack([L, np.ones_like(L)], 1)
+        base[spk] = (np.linalg.lstsq(X, J, rcond=None)[0], np.linalg.lstsq(X, O, rcond=None)[0])
+    groups = [("s1 (GRID, 40 held-out sentences)", ["s1"])]
+    multi = [s for s in speakers if s != "s1"]
+    if multi:
+        groups.append((f"grid_multi ({len(multi)} speakers, last 20 % of one sentence each)", multi))
+    for title, spks in groups:
+        jp, jt, op, ot, bj, bo, pairs_j, pairs_o = [], [], [], [], [], [], [], []
+        for spk in spks:
+            for pred, truth, ok, c, fr in per.get(spk, []):
+                o_p = _opening(model_cpu, identities[spk], pred)
+                o_t = _opening(model_cpu, identities[spk], truth)
+                L = loudness(c, fr)
+                (aj, bj_), (ao, bo_) = base[spk][0], base[spk][1]
+                jp.append(pred[ok, JAW]), jt.append(truth[ok, JAW]), op.append(o_p[ok]), ot.append(o_t[ok])
+                bj.append((aj * L + bj_)[ok]), bo.append((ao * L + bo_)[ok])
+                pairs_j.append((pred[:, JAW], truth[:, JAW]))
+                pairs_o.append((o_p, o_t))
+        if not jp:
+            continue
+        cj = offset_curve(pairs_j)
+        co = offset_curve(pairs_o)
+        best_j = max(cj, key=lambda k: -1 if np.isnan(cj[k]) else cj[k])
+        best_o = max(co, key=lambda k: -1 if np.isnan(co[k]) else co[k])
+        row = {"speakers": title, "frames": int(sum(len(x) for x in jt)),
+               "jawOpen corr": f"{corr(np.concatenate(jp), np.concatenate(jt)):.3f}",
+               "baseline": f"{corr(np.concatenate(bj), np.concatenate(jt)):.3f}",
+               "opening corr": f"{corr(np.concatenate(op), np.concatenate(ot)):.3f}",
+               "baseline ": f"{corr(np.concatenate(bo), np.concatenate(ot)):.3f}",
+               "best offset jaw / opening": f"{best_j:+d} / {best_o:+d}",
+               "opening RMSE cm": f"{np.sqrt(np.mean((np.concatenate(op) - np.concatenate(ot)) ** 2)):.3f}"}
+        rows.append(row)
+        curves[title] = {"jaw": cj, "opening": co}
+    table("Held-out audio of speakers seen in training (baseline: per-speaker regression on loudness)", rows,
+          list(rows[0]))
+    for title, c in curves.items():
+        print(f"  offset curve, {title}, opening: " + " ".join(f"{k:+d}:{v:.3f}" for k, v in c["opening"].items()))
+    results["real"] = {"rows": rows, "curves": {t: {k: {str(s): v for s, v in d.items()} for k, d in c.items()}
+                                                for t, c in curves.items()},
+                       "train_seconds": t_train, "steps": steps, "batch": batch, "train_frames": len(ds),
+                       "final_loss": hist[-1]}
+    # a new target's map in closed form from frozen codes (s1's own training frames), next to its trained map
+    s1_train = [c for c in train_clips if c.speaker == "s1"]
+    if s1_train:
+        with torch.no_grad():
+            codes = torch.cat([net.sequence_codes(torch.from_numpy(c.windows(np.arange(c.start, c.stop))))
+                               for c in s1_train])
+        ex = np.concatenate([c.expression[c.start:c.stop] for c in s1_train])
+        ok = np.concatenate([c.valid[c.start:c.stop] for c in s1_train])
+        t = time.perf_counter()
+        W, b = fit_identity_map(codes, torch.from_numpy(ex), torch.from_numpy(ok.astype(np.float64)))
+        t_fit = time.perf_counter() - t
+        per2 = evaluate([c for c in held_clips if c.speaker == "s1"], (W, b))
+        jp = np.concatenate([p[ok_, JAW] for p, tr, ok_, c, fr in per2["s1"]])
+        jt = np.concatenate([tr[ok_, JAW] for p, tr, ok_, c, fr in per2["s1"]])
+        msg = (f"closed-form map for s1 from frozen codes ({len(ex)} frames, {1e3 * t_fit:.1f} ms): held-out jawOpen "
+               f"corr {corr(jp, jt):.3f} (trained map: {rows[0]['jawOpen corr']})")
+        print("\n" + msg)
+        results["closed_form_s1"] = {"frames": len(ex), "ms": 1e3 * t_fit, "jaw_corr": corr(jp, jt)}
+    # speed: audio -> expression per frame
+    clip = held_clips[0]
+    win = torch.from_numpy(np.concatenate([c.all_windows() for c in held_clips])[:1500])
+    n = win.shape[0]
+    with torch.no_grad():
+        ms_batch = median_ms(lambda: net.predict_sequence(win, 0), 5, 1) / n
+        seq = win[:8][None]
+        ids = torch.zeros(1, dtype=torch.long)
+        ms_one = median_ms(lambda: net(seq, ids), 50, 5)
+    srow = [{"mode": f"whole clip batched ({n} frames)", "ms per frame": f"{ms_batch:.4f}"},
+            {"mode": "one frame at a time (8 windows through the encoder)", "ms per frame": f"{ms_one:.3f}"}]
+    table("Audio-to-expression speed (CPU, features excluded)", srow, ["mode", "ms per frame"])
+    results["speed"] = srow
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"method": "nvp-audio", "config": cfg.to_dict(), "mel": MelConfig().to_dict(),
+                    "speakers": speakers, "state_dict": net.state_dict()}, save)
+        print(f"saved the trained network to {save}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tracks", type=Path, default=None, help="output folder of prepare_speech_tracks.py")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--synthetic-steps", type=int, default=600)
+    ap.add_argument("--save", type=Path, default=None, help="where to save the trained network (.pt)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: features,synthetic,real")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    from morphable_models.paths import shared_data_dir
+
+    d = shared_data_dir()
+    speech = (d / "data" / "speech") if d is not None else Path("missing")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), torch "
+          f"{torch.__version__}, {args.threads} thread(s); timings are medians, ratios against the same-run baseline")
+    results = {"threads": args.threads}
+    if "features" not in skip:
+        part_features(speech, results)
+    if "synthetic" not in skip:
+        part_synthetic(results, args.synthetic_steps, args.batch)
+    if "real" not in skip:
+        if args.tracks is None:
+            print("\nreal speech: skipped (pass --tracks, see benchmarks/prepare_speech_tracks.py)")
+        else:
+            part_real(args.tracks, results, args.steps, args.batch, args.save)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
