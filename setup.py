@@ -10,6 +10,8 @@ HERE = Path(__file__).parent
 
 extras = {
     "video": ["av>=12"],
+    # per-step phone features for audio-driven methods (the wheel ships the US-English acoustic model)
+    "speech": ["pocketsphinx>=5.1"],
     "landmarks": ["dlib-bin>=19.24", "face-recognition-models>=0.3.0"],
     "dev": ["pytest>=7", "pytest-timeout", "matplotlib>=3.7"],
     # Optional backends: NOT part of "all" (they compile, need CUDA or special install steps).
@@ -17,7 +19,7 @@ extras = {
     "nvdiffrast": ["nvdiffrast"],
     "mediapipe": ["mediapipe==0.10.21"],
 }
-extras["all"] = sorted(set(extras["video"] + extras["landmarks"] + extras["dev"]))
+extras["all"] = sorted(set(extras["video"] + extras["landmarks"] + extras["dev"] + extras["speech"]))
 
 setup(
     name="facerender",

@@ -302,6 +302,28 @@ def test_real_speech_is_speech_like(shared_dir):
     assert act[:5].max() < 0.5 and act[20:50].mean() > 0.5  # GRID sentences start in silence
 
 
+def test_phone_features(shared_dir):
+    pytest.importorskip("pocketsphinx")
+    from facerender.audio import PHONES, phone_features
+
+    p = shared_dir / "data" / "speech" / "grid_s1" / "video" / "bbaf2n.mp4"  # "bin blue at f two now"
+    if not p.is_file():
+        pytest.skip(f"{p} missing")
+    f = phone_features(p)
+    assert f.kind == "phones" and f.rate == 100.0 and f.start == pytest.approx(0.0078)
+    assert f.features.shape == (301, len(PHONES)) == (301, 40)
+    np.testing.assert_array_equal(f.features.sum(axis=1), 1.0)  # one phone per step
+    ph = [PHONES[k] for k in f.features.argmax(axis=1)]
+    assert ph[:30] == ["SIL"] * 30  # GRID sentences start in silence
+    spoken = set(ph[90:210]) - {"SIL"}
+    assert {"B", "IH", "N"} <= spoken  # "bin"
+    w = f.windows(frame_times(75, 25))
+    assert w.shape == (75, 16, 40)
+    x = np.zeros(16000, np.float32)
+    z = phone_features(x, sample_rate=16000)
+    assert z.features.shape == (100, 40) and (z.features[:, 0] == 1).all()  # silence decodes as SIL
+
+
 def test_external_features_roundtrip_and_errors(tmp_path):
     arr = np.random.default_rng(0).standard_normal((120, 29)).astype(np.float32)
     p = save_features(tmp_path / "ds.npz", arr, rate=50.0, kind="deepspeech", start=0.01)
@@ -356,6 +378,18 @@ def test_temporal_filter_weights():
     out, att = f(codes)
     torch.testing.assert_close(out, codes[:, 5], atol=1e-9, rtol=0)
     assert context_offsets(1) == (0,) and context_offsets(4) == (-1, 0, 1, 2)
+
+
+def test_network_gradcheck_float64():
+    torch.manual_seed(0)
+    cfg = Audio2ExpressionConfig(feature_dim=3, code_dim=4, filter_frames=4, num_expressions=2)
+    net = Audio2ExpressionNet(cfg).double()
+    x = torch.randn(2, 4, 16, 3, dtype=torch.float64, requires_grad=True)
+    ids = torch.tensor([0, 0])
+    assert torch.autograd.gradcheck(lambda v: net(v, ids).expression, (x,))
+    f = TemporalFilter(4, 4).double()
+    c = torch.randn(2, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: f(v)[0], (c,))
 
 
 def test_vertex_losses_agree_and_gradcheck():

@@ -173,13 +173,16 @@ def collate(items: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]
 # ------------------------------------------------------------------------------------------------ speech tracks
 def load_speech_tracks(tracks_dir: PathLike, split: str = "train", config: MelConfig = MelConfig(),
                        speakers: Optional[Sequence[str]] = None, data_dir: Optional[PathLike] = None,
-                       window_steps: int = WINDOW_STEPS) -> Tuple[List[ClipData], List[str]]:
+                       window_steps: int = WINDOW_STEPS, features: str = "log_mel"
+                       ) -> Tuple[List[ClipData], List[str]]:
     """The clips of ``tracks_dir/manifest.json`` (from ``benchmarks/prepare_speech_tracks.py``) for one split.
 
     Args:
         tracks_dir: the folder with ``manifest.json``. split: ``"train"``, ``"heldout"`` or ``"all"``.
         config: the log-mel settings. speakers: a subset of the manifest's speakers (default all, in its order).
         data_dir: the speech data folder (default: the one in the manifest). window_steps: ``W``.
+        features: ``"log_mel"`` (:func:`facerender.audio.compute_features` with ``config``) or ``"phones"``
+            (:func:`facerender.audio.phone_features`, needs pocketsphinx).
 
     Returns:
         ``(clips, speaker_names)``; a clip's ``identity`` indexes ``speaker_names``. Frames without a tracked face
@@ -190,6 +193,8 @@ def load_speech_tracks(tracks_dir: PathLike, split: str = "train", config: MelCo
     """
     from facerender.tracking import load_track
 
+    if features not in ("log_mel", "phones"):
+        raise ValueError(f"features must be 'log_mel' or 'phones', got {features!r}")
     if split not in ("train", "heldout", "all"):
         raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
     tracks_dir = Path(tracks_dir)
@@ -217,12 +222,19 @@ def load_speech_tracks(tracks_dir: PathLike, split: str = "train", config: MelCo
             lo, hi = {"train": (0, min(h, n)), "heldout": (min(h, n), n), "all": (0, n)}[split]
             if hi <= lo:
                 continue
-            feats: AudioFeatures = compute_features(data / c["video"], config)
             times = frame_times(n, manifest.get("fps", 25.0))
+            if features == "phones":
+                from facerender.audio import phone_features
+
+                feats: AudioFeatures = phone_features(data / c["video"])
+                activity = None
+            else:
+                feats = compute_features(data / c["video"], config)
+                activity = feats.frame_activity(times, window_steps)
             clips.append(ClipData(
                 name=c["name"], speaker=spk, identity=ident, features=feats.features,
                 starts=window_starts(times, feats.rate, window_steps, feats.start),
                 expression=expr_all[s0:s0 + n].copy(), valid=face[s0:s0 + n].copy(), pad_value=feats.pad_value,
-                start=lo, stop=hi, window_steps=window_steps, activity=feats.frame_activity(times, window_steps),
+                start=lo, stop=hi, window_steps=window_steps, activity=activity,
                 extra={"track": str(entry["track"]), "track_start": s0, "speech_like": feats.speech_like}))
     return clips, names
