@@ -310,7 +310,7 @@ def compute_features(source, config: MelConfig = MelConfig(), *, sample_rate: Op
         if sample_rate is None:
             raise ValueError("sample_rate is required when source is an array of samples")
         x = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else np.asarray(source)
-        if x.ndim not in (1, 2) or x.shape[-1] == 0 and x.ndim == 2 and x.shape[0] == 0:
+        if x.ndim not in (1, 2):
             raise ValueError(f"samples must be (N,) or (C, N), got shape {x.shape}")
         x = to_mono(x.astype(np.float32))
         if not np.all(np.isfinite(x)):
