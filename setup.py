@@ -14,12 +14,15 @@ extras = {
     "speech": ["pocketsphinx>=5.1"],
     "landmarks": ["dlib-bin>=19.24", "face-recognition-models>=0.3.0"],
     "dev": ["pytest>=7", "pytest-timeout", "matplotlib>=3.7"],
+    # training logs for TensorBoard (neural_renderers' trainer writes events when it is installed)
+    "train": ["tensorboard>=2.14"],
     # Optional backends: NOT part of "all" (they compile, need CUDA or special install steps).
     "pytorch3d": ["pytorch3d"],
     "nvdiffrast": ["nvdiffrast"],
     "mediapipe": ["mediapipe==0.10.21"],
 }
-extras["all"] = sorted(set(extras["video"] + extras["landmarks"] + extras["dev"] + extras["speech"]))
+extras["all"] = sorted(set(extras["video"] + extras["landmarks"] + extras["dev"] + extras["speech"]
+                           + extras["train"]))
 
 setup(
     name="facerender",

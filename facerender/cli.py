@@ -6,6 +6,8 @@
     facerender fit IMAGE -o DIR
     facerender track VIDEO -o DIR
     facerender reenact --source SRC --target TGT -o DIR
+    facerender train dvp --target VIDEO -o RUN
+    facerender reenact --method dvp --model RUN --source SRC -o DIR
 
 Every command takes ``--home`` (the model cache, default ``$FACERENDER_HOME`` or ``~/.cache/facerender``) and
 ``-v`` for more logging. Outputs are written to temporary files and renamed, so a failed run never leaves a
@@ -107,6 +109,13 @@ def _cmd_track(args) -> int:
 
 
 def _cmd_reenact(args) -> int:
+    if args.method != "face2face":
+        from neural_renderers.cli import run_reenact_neural
+
+        return run_reenact_neural(args)
+    if args.target is None:
+        print("facerender reenact: error: --method face2face needs --target VIDEO|TRACK_DIR", file=sys.stderr)
+        return 2
     from .reenact.cli import run_reenact
 
     return run_reenact(args)
@@ -142,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     pinfo = msub.add_parser("info", help="print counts, components, landmark sets, regions, file and licence")
     pinfo.add_argument("--json", action="store_true")
     pinfo.set_defaults(func=_cmd_model_info)
+    from .model_cli import MODEL_HELP, add_model_commands  # argparse only: imports no torch
+
+    add_model_commands(msub, pinfo, _cmd_model_info)
 
     pr = sub.add_parser("render", help="render the default model with expressions to a PNG")
     pr.add_argument("-o", "--output", required=True, help="output PNG")
@@ -160,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--box", default=None, help="face box x0,y0,x1,y1 in pixels")
     pf.add_argument("--no-photometric", action="store_true", help="landmarks only")
     pf.add_argument("--size", type=int, default=256, help="resolution of the photometric fit")
+    pf.add_argument("--model", "--face-model", dest="face_model", default=None, help=MODEL_HELP)
     pf.set_defaults(func=_cmd_fit)
 
     pt = sub.add_parser("track", help="track a video (per-frame parameters, overlay video)")
@@ -174,11 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "earlier releases)")
     pt.add_argument("--smoothing-lambda", type=_positive_float, default=0.5,
                     help="weight of the Whittaker smoother's second differences (larger: steadier, slower to follow)")
+    pt.add_argument("--model", "--face-model", dest="face_model", default=None, help=MODEL_HELP)
     pt.set_defaults(func=_cmd_track)
 
-    pe = sub.add_parser("reenact", help="Face2Face: transfer the source's expressions onto the target video")
+    pe = sub.add_parser("reenact", help="transfer the source's expressions (and head pose, gaze: dvp) onto the "
+                                        "target video: Face2Face (default) or Deep Video Portraits")
+    pe.add_argument("--method", choices=["face2face", "dvp"], default="face2face",
+                    help="face2face (model-based, no training) or dvp (Deep Video Portraits: needs --model RUN from "
+                         "'facerender train dvp')")
+    pe.add_argument("--model", default=None,
+                    help="--method dvp: the run folder of 'facerender train dvp'")
+    pe.add_argument("--keep-target-pose", action="store_true",
+                    help="--method dvp: keep the target's head pose (transfer expression, gaze and blinks only)")
     pe.add_argument("--source", required=True, help="source video or a folder written by 'facerender track'")
-    pe.add_argument("--target", required=True, help="target video or a folder written by 'facerender track'")
+    pe.add_argument("--target", default=None,
+                    help="target video or a folder written by 'facerender track' (face2face: required; dvp: "
+                         "default the run's own target)")
     pe.add_argument("-o", "--output", required=True, help="output folder")
     pe.add_argument("--max-frames", type=int, default=None)
     pe.add_argument("--audio", choices=["auto", "target", "source", "none"], default="auto",
@@ -188,7 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--transfer-pose", action="store_true", help="also transfer relative head pose")
     pe.add_argument("--mouth", choices=["retrieval", "model"], default="retrieval")
     pe.add_argument("--crop-size", type=int, default=256)
+    pe.add_argument("--face-model", dest="face_model", default=None, help="--method face2face: " + MODEL_HELP)
     pe.set_defaults(func=_cmd_reenact)
+
+    from neural_renderers.cli import add_train_parser  # argparse only: imports no torch
+
+    add_train_parser(sub)
     return p
 
 

@@ -15,7 +15,7 @@ from ..errors import VideoError
 log = logging.getLogger(__name__)
 
 __all__ = ["load_or_track", "frame_schedule", "actor_neutral", "transfer_expression", "FrameSource", "choose_audio",
-           "label_image", "panel", "side_by_side_frame", "SeamMeter"]
+           "label_image", "panel", "side_by_side_frame", "SeamMeter", "square_feather", "paste_crop"]
 
 
 def load_or_track(path: Path, out_dir: Path, model, max_frames, progress) -> Tuple[Path, Path]:
@@ -195,3 +195,51 @@ class SeamMeter:
                 "ratio": float(o / max(t, 1e-6)) if o is not None else None,
                 "note": "mean absolute frame-to-frame difference (0-255) in the band around the blend border, in "
                         "the output and in the target video itself over the same band"}
+
+
+def square_feather(size: int, feather: float) -> np.ndarray:
+    """``(size, size)`` alpha of a square crop: 1 inside, falling smoothly (smoothstep) to 0 over the outer
+    ``feather`` pixels towards each edge."""
+    if size < 1 or feather < 0:
+        raise ValueError(f"size must be >= 1 and feather >= 0, got {size}, {feather}")
+    c = np.arange(size) + 0.5
+    d = np.minimum(c, size - c)  # distance of each pixel centre to the nearer edge
+    a = np.clip(d / feather, 0, 1) if feather > 0 else np.ones(size)
+    a = a * a * (3 - 2 * a)
+    return np.minimum(a[:, None], a[None, :])
+
+
+def paste_crop(frame: np.ndarray, crop, centre, side: float, alpha: np.ndarray):
+    """Resample a square ``crop (S, S, 3)`` (float in [0, 1], numpy or torch) covering the frame square of ``side``
+    pixels centred at ``centre (x, y)`` back into ``frame (H, W, 3)`` uint8, blended with ``alpha (S, S)``.
+
+    Returns:
+        ``(new frame (H, W, 3) uint8, band)``: ``band`` is ``(row0, col0, mask (h, w) bool)``, the pixels where the
+        resampled alpha is strictly between 0.02 and 0.98 (the blend border, for :class:`SeamMeter`), or None when
+        the square misses the frame.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    H, W = frame.shape[:2]
+    crop_t = torch.as_tensor(np.asarray(crop, dtype=np.float32)) if not isinstance(crop, torch.Tensor) \
+        else crop.detach().float().cpu()
+    S = crop_t.shape[0]
+    x0, y0 = float(centre[0]) - side / 2, float(centre[1]) - side / 2
+    r0, r1 = max(0, int(np.floor(y0))), min(H, int(np.ceil(y0 + side)))
+    c0, c1 = max(0, int(np.floor(x0))), min(W, int(np.ceil(x0 + side)))
+    if r1 <= r0 or c1 <= c0:
+        return frame.copy(), None
+    scale = side / S
+    py = (torch.arange(r0, r1, dtype=torch.float32) + 0.5 - y0) / scale
+    px = (torch.arange(c0, c1, dtype=torch.float32) + 0.5 - x0) / scale
+    gy, gx = torch.meshgrid(py / S * 2 - 1, px / S * 2 - 1, indexing="ij")
+    src = torch.cat([crop_t.permute(2, 0, 1), torch.as_tensor(alpha, dtype=torch.float32)[None]], 0)[None]
+    res = F.grid_sample(src, torch.stack([gx, gy], -1)[None], mode="bilinear", padding_mode="zeros",
+                        align_corners=False)[0]
+    rgb, a = res[:3].permute(1, 2, 0).numpy(), res[3].numpy()[..., None]
+    out = frame.copy()
+    region = out[r0:r1, c0:c1].astype(np.float32) / 255.0
+    out[r0:r1, c0:c1] = np.clip((a * rgb + (1 - a) * region) * 255 + 0.5, 0, 255).astype(np.uint8)
+    band = (a[..., 0] > 0.02) & (a[..., 0] < 0.98)
+    return out, (r0, c0, band)
