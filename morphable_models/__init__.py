@@ -23,7 +23,10 @@ from .geometry import (
 from .ict import install_ict, is_installed, load_ict
 from .landmarks import IBUG68_LABELS, LandmarkEmbedding, vertices_to_landmarks
 from .linear import CoefficientSpec, ComponentSpec, FaceModelOutput, LinearFaceModel, linear_blend
+from .flame import FlameModel, load_flame
 from .loaders import load_blendshape_folder
+from .multilinear import TuckerFaceModel, build_from_ict
+from .store import as_linear, convert_model, detect_format, load_model, model_info, save_model
 from .obj_io import ObjMesh, read_obj, read_obj_vertices, triangulate, write_obj
 from .paths import facerender_home, shared_data_dir
 from .regions import Region
