@@ -16,13 +16,15 @@ extras = {
     "dev": ["pytest>=7", "pytest-timeout", "matplotlib>=3.7"],
     # training logs for TensorBoard (neural_renderers' trainer writes events when it is installed)
     "train": ["tensorboard>=2.14"],
+    # Basel Face Model 2017 (.h5) and MATLAB v7.3 files (morphable_models.bfm)
+    "models": ["h5py>=3"],
     # Optional backends: NOT part of "all" (they compile, need CUDA or special install steps).
     "pytorch3d": ["pytorch3d"],
     "nvdiffrast": ["nvdiffrast"],
     "mediapipe": ["mediapipe==0.10.21"],
 }
 extras["all"] = sorted(set(extras["video"] + extras["landmarks"] + extras["dev"] + extras["speech"]
-                           + extras["train"]))
+                           + extras["train"] + extras["models"]))
 
 setup(
     name="facerender",

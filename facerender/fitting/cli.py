@@ -11,15 +11,41 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 
-def write_fit_outputs(out_dir, model, image: np.ndarray, result, texture_size: int = 512) -> dict:
+def _write_vertex_colour_obj(path, vertices: np.ndarray, faces: np.ndarray, image: np.ndarray,
+                             screen: np.ndarray) -> Path:
+    """An OBJ with ``v x y z r g b`` colours bilinearly sampled from ``image`` at each vertex's projection
+    ``screen (V, 2+)`` (no occlusion test), written atomically."""
+    from morphable_models import write_obj
+
+    from ..io.atomic import atomic_write
+
+    H, W = image.shape[:2]
+    img = image.astype(np.float64) / 255.0
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    x = np.clip(screen[:, 0] - 0.5, 0, W - 1)
+    y = np.clip(screen[:, 1] - 0.5, 0, H - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    col = ((img[y0, x0] * (1 - fx) + img[y0, x1] * fx) * (1 - fy) + (img[y1, x0] * (1 - fx) + img[y1, x1] * fx) * fy)
+    with atomic_write(path) as tmp:
+        write_obj(tmp, vertices, faces, vertex_colors=col[:, :3])
+    return Path(path)
+
+
+def write_fit_outputs(out_dir, model, image: np.ndarray, result, texture_size: int = 512,
+                      extra_params: Optional[dict] = None) -> dict:
     """Write overlay.png, mesh.obj/.mtl/.png and params.json for a :class:`~facerender.fitting.fit_image.FitResult`.
 
-    Returns the paths written.
+    A model without texture coordinates gets ``mesh.obj`` with per-vertex colours from the photo. ``extra_params``
+    are added to params.json (e.g. a FLAME fit's own parameters). Returns the paths written.
     """
     from morphable_models.geometry import model_to_camera
 
@@ -58,14 +84,20 @@ def write_fit_outputs(out_dir, model, image: np.ndarray, result, texture_size: i
         fverts = verts[:, torch.as_tensor(model.regions["face"].vertex_ids)]
         screen = cam.to_screen(model_to_camera(fverts, result.rotation.to(dt), result.translation.to(dt)))
         fill = albedo[torch.as_tensor(model.regions["face"].vertex_ids)]
-        baked = bake_texture(image, screen[0], face.faces, face.uvs, face.faces_uv, texture_size, tile=0,
-                             fill=fill.numpy())
-        tex = baked.texture if isinstance(baked.texture, np.ndarray) else baked.texture.numpy()
-        paths["mesh"] = str(write_textured_obj(out / "mesh.obj", fverts[0].numpy(), face.faces.numpy(),
-                                               face.uvs.numpy(), face.faces_uv.numpy(), tex, material_name="face"))
+        if face.uvs is not None:
+            baked = bake_texture(image, screen[0], face.faces, face.uvs, face.faces_uv, texture_size, tile=0,
+                                 fill=fill.numpy())
+            tex = baked.texture if isinstance(baked.texture, np.ndarray) else baked.texture.numpy()
+            paths["mesh"] = str(write_textured_obj(out / "mesh.obj", fverts[0].numpy(), face.faces.numpy(),
+                                                   face.uvs.numpy(), face.faces_uv.numpy(), tex,
+                                                   material_name="face"))
+        else:  # a model without texture coordinates (BFM): per-vertex colours sampled from the photo
+            paths["mesh"] = str(_write_vertex_colour_obj(out / "mesh.obj", fverts[0].numpy(), face.faces.numpy(),
+                                                         image, screen[0].numpy()))
     params = result.to_dict()
     params["expression_names"] = list(model.expression_names)
     params["model"] = model.name
+    params.update(extra_params or {})
     params["units"] = "cm; camera x right, y down, z forward; pixel centres at +0.5"
     with atomic_write(out / "params.json") as tmp:
         Path(tmp).write_text(json.dumps(params, indent=1))
@@ -74,12 +106,14 @@ def write_fit_outputs(out_dir, model, image: np.ndarray, result, texture_size: i
 
 
 def run_fit(args) -> int:
-    from morphable_models import load_ict
-
     from ..io.image import read_image
+    from ..model_cli import load_pipeline_model
     from .fit_image import FitConfig, fit_image
+    from .relinearize import fit_image_relinearized, is_nonlinear
 
-    model = load_ict(args.home)
+    raw, model, notes = load_pipeline_model(getattr(args, "face_model", None), args.home, "fit")
+    for n in notes:
+        print(f"note: {n}")
     image = read_image(args.image)
     landmarks = None
     if args.landmarks:
@@ -96,8 +130,17 @@ def run_fit(args) -> int:
             raise SystemExit(f"--box: expected 4 numbers, got {len(box)}")
     cfg = FitConfig(photometric=not args.no_photometric, size=args.size,
                     levels=tuple(s for s in (64, 128, 256, 512) if s <= args.size) or (args.size,))
-    result = fit_image(model, image, landmarks=landmarks, box=box, face_index=args.face_index, config=cfg)
-    paths = write_fit_outputs(args.output, model, image, result)
+    extra = {}
+    if is_nonlinear(raw):
+        fit = fit_image_relinearized(raw, image, landmarks=landmarks, box=box, face_index=args.face_index, config=cfg)
+        result, model = fit.result, fit.linear_model
+        extra = {"model_parameters": fit.native, "relinearization_rounds": fit.rounds,
+                 "linearization_error_px": fit.linearization_error_px}
+        print(f"{type(raw).__name__}: {fit.rounds} linearisations; exact model vs its final linearisation: "
+              f"{fit.linearization_error_cm * 10:.4f} mm, {fit.linearization_error_px:.4f} px at the landmarks")
+    else:
+        result = fit_image(model, image, landmarks=landmarks, box=box, face_index=args.face_index, config=cfg)
+    paths = write_fit_outputs(args.output, model, image, result, extra_params=extra)
     t = result.timings
     print(f"fitted {args.image}: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in t.items()))
     if result.photometric_error is not None:

@@ -34,7 +34,7 @@ from ..render.lighting import ambient_light
 from .albedo import AlbedoConfig, VertexAlbedoEstimator, mirror_vertex_map
 from .energies import EnergyProblem, LandmarkTerm, PriorTerm
 from .landmark_fit import LandmarkFitConfig, default_focal, fit_landmarks
-from .params import Block, ParameterLayout
+from .params import Block, ParameterLayout, model_bounds
 from .photometric import PhotometricTerm, sample_bilinear
 from .solver import GaussNewtonConfig, LeastSquaresProblem, solve
 
@@ -330,7 +330,8 @@ def _photometric(model, region_model, img, pts, conf, values, pp_full, cfg: FitC
             pterm.albedo = albedo[None]
             pterm.update_samples(kin)
             res = solve(LeastSquaresProblem(normal_equations=problem.normal_equations,
-                                            lower=layout.bounds(x0v)[0], upper=layout.bounds(x0v)[1]),
+                                            lower=model_bounds(layout, x0v, model)[0],
+                                            upper=model_bounds(layout, x0v, model)[1]),
                         x0v, GaussNewtonConfig(max_iterations=cfg.iterations, rtol=1e-4, linear_solver="cholesky",
                                                check_rank=False), damping=damping)
             damping = res.damping

@@ -27,7 +27,7 @@ from morphable_models import LinearFaceModel
 
 from ..errors import FittingError, ShapeError
 from .energies import EnergyProblem, LandmarkTerm, PriorTerm
-from .params import Block, ParameterLayout
+from .params import Block, ParameterLayout, model_bounds
 from .solver import GaussNewtonConfig, LeastSquaresProblem, SolverResult, solve
 
 # Rigid initialisation uses these stable inner points (eyes, nose, mouth corners).
@@ -255,7 +255,7 @@ def fit_landmarks(
         layout = ParameterLayout(blocks)
         fixed = {k: v for k, v in values.items() if k not in layout}
         problem = EnergyProblem(layout, [term] + priors, fixed, pp)
-        lo, hi = layout.bounds(targets)
+        lo, hi = model_bounds(layout, targets, model)
         damping = None
         for k in range(max(1, rounds)):
             x0 = layout.join(values)

@@ -300,7 +300,7 @@ def fit_one(model: LinearFaceModel, cfg, targets: np.ndarray, conf: np.ndarray, 
     status of the last solve)``. Call it inside :func:`~facerender.fitting.solver_np.single_threaded_blas` (as
     ``fit_landmarks`` does, once per batch): the solves here do not enter it themselves.
     """
-    from .params import Block, ParameterLayout
+    from .params import Block, ParameterLayout, model_bounds
 
     K_id, K_ex = identity.size, expression.size
     warm = rotation is not None
@@ -316,8 +316,7 @@ def fit_one(model: LinearFaceModel, cfg, targets: np.ndarray, conf: np.ndarray, 
     def run(blocks, iterations, term: LandmarkEnergyNp, rounds):
         nonlocal values, iters, status
         layout = ParameterLayout(blocks)
-        lo = np.array([b.lower for b in layout.blocks for _ in range(b.size)], dtype=np.float64)
-        hi = np.array([b.upper for b in layout.blocks for _ in range(b.size)], dtype=np.float64)
+        lo, hi = (t.numpy() for t in model_bounds(layout, torch.zeros(1, dtype=torch.float64), model))
         fixed = {k: val for k, val in values.items() if k not in layout}
         gcfg = GaussNewtonConfig(max_iterations=iterations, rtol=cfg.rtol, linear_solver="cholesky",
                                  check_rank=False, bound_rounds=cfg.bound_rounds, stop_on_model_decrease=True)

@@ -71,3 +71,15 @@ class ParameterLayout:
                  [b.upper for b in self.blocks for _ in range(b.size)]]
         out = torch.tensor(lo_hi, dtype=like.dtype, device=like.device).reshape(2, self.P)
         return out[0].clone(), out[1].clone()
+
+
+def model_bounds(layout: ParameterLayout, like: torch.Tensor, model) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`ParameterLayout.bounds` with the ``expression`` block's bounds taken from the model's
+    ``expression_lower`` / ``expression_upper`` (per coefficient: [0, 1] for blendshape rigs such as ICT-FaceKit,
+    +-k standard deviations for PCA expressions, radians for FLAME's linearised jaw and eyes)."""
+    lo, hi = layout.bounds(like)
+    if "expression" in layout and getattr(model, "expression_lower", None) is not None:
+        s = layout.slices["expression"]
+        lo[s] = model.expression_lower.to(lo)
+        hi[s] = model.expression_upper.to(hi)
+    return lo, hi

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 
 def run_reenact(args) -> int:
-    from morphable_models import load_ict
-
+    from ..model_cli import load_pipeline_model
     from .face2face import Face2FaceConfig, face2face
 
     cfg = Face2FaceConfig(crop_size=args.crop_size, transfer_pose=args.transfer_pose, length=args.length,
                           audio=args.audio, mouth=args.mouth, max_frames=args.max_frames)
-    model = load_ict(args.home)
+    _, model, notes = load_pipeline_model(getattr(args, "face_model", None), args.home, "reenact")
+    for n in notes:
+        print(f"note: {n}")
     res = face2face(args.source, args.target, args.output, model, cfg, progress=True)
     t = res.timings
     n = max(res.frames, 1)

@@ -22,12 +22,14 @@ _STAGES = (
 
 def run_track(args) -> int:
     """Run ``facerender track`` from parsed arguments (``video``, ``output``, ``max_frames``, ``size``,
-    ``no_overlay``, ``restart``, ``smoothing``, ``smoothing_lambda``, ``home``). Returns the exit status."""
-    from morphable_models import load_ict
-
+    ``no_overlay``, ``restart``, ``smoothing``, ``smoothing_lambda``, ``home``, ``face_model``). Returns the exit
+    status."""
+    from ..model_cli import load_pipeline_model
     from .video import SAVGOL_SMOOTHING, TrackConfig, track_video
 
-    model = load_ict(args.home)
+    _, model, notes = load_pipeline_model(getattr(args, "face_model", None), args.home, "track")
+    for n in notes:
+        print(f"note: {n}")
     tracker_cfg = None
     size = getattr(args, "size", None)
     if size is not None:

@@ -33,7 +33,7 @@ from ..fitting.albedo import AlbedoConfig, VertexAlbedoEstimator, mirror_vertex_
 from ..fitting.energies import EnergyProblem, LandmarkTerm, PriorTerm
 from ..fitting.fit_image import crop_face
 from ..fitting.landmark_fit import LandmarkFitConfig, default_focal, fit_landmarks
-from ..fitting.params import Block, ParameterLayout
+from ..fitting.params import Block, ParameterLayout, model_bounds
 from ..fitting.photometric import PhotometricTerm, sample_bilinear
 from ..fitting.solver import GaussNewtonConfig, LeastSquaresProblem, solve
 from ..render.lighting import ambient_light, sh_basis
@@ -246,7 +246,7 @@ class FaceTracker:
         layout = ParameterLayout(blocks)
         problem = EnergyProblem(layout, terms, {k: v for k, v in values.items() if k not in layout}, pp)
         x = layout.join(values)
-        lo, hi = layout.bounds(x)
+        lo, hi = model_bounds(layout, x, model)  # the model's expression ranges ([0, 1] for ICT, PCA bounds ...)
         for rnd in range(2):
             kin = problem.kinematics(x, False)
             lterm.freeze_contour(kin)
