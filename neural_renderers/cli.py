@@ -69,6 +69,13 @@ def add_train_parser(sub) -> None:
     pd.add_argument("--size", type=_power_of_two, default=256, help="crop side in pixels: 128 or 256 (paper: 256)")
     pd.add_argument("--window", type=_positive_int, default=11, help="conditioning frames per input (paper: 11)")
     pd.add_argument("--steps", type=_positive_int, default=10000, help="optimisation steps (total, also on resume)")
+    pd.add_argument("--max-minutes", type=_positive_float, default=None,
+                    help="stop earlier, with a checkpoint, after this many minutes of training (--resume continues)")
+    pd.add_argument("--max-channels", type=_positive_int, default=512,
+                    help="generator width cap (paper: 512; 256 halves the CPU time)")
+    pd.add_argument("--disc-channels", type=_positive_int, default=64, help="discriminator width (paper: 64)")
+    pd.add_argument("--dropout", type=float, default=0.5,
+                    help="dropout in the three innermost decoder modules (pix2pix / DVP: 0.5)")
     pd.add_argument("--batch-size", type=_positive_int, default=4,
                     help="global batch (split over torchrun processes)")
     pd.add_argument("--base-channels", type=_positive_int, default=64, help="generator width (paper: 64)")
@@ -107,11 +114,16 @@ def run_train(args) -> int:
               file=sys.stderr)
         return 2
     lambda_vgg = args.lambda_vgg if args.lambda_vgg is not None else (10.0 if args.vgg_weights else 0.0)
-    cfg = DVPConfig(size=args.size, window=args.window, base_channels=args.base_channels, gan_mode=args.gan_mode,
+    if not 0 <= args.dropout < 1:
+        print(f"facerender train dvp: error: --dropout must lie in [0, 1), got {args.dropout}", file=sys.stderr)
+        return 2
+    cfg = DVPConfig(size=args.size, window=args.window, base_channels=args.base_channels,
+                    max_channels=args.max_channels, disc_channels=args.disc_channels, dropout=args.dropout,
+                    gan_mode=args.gan_mode,
                     lambda_l1=args.lambda_l1, lr=args.lr, vgg_weights=args.vgg_weights, lambda_vgg=lambda_vgg,
                     disc_norm="instance" if args.gan_mode == "wgan" else "batch")
-    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, num_workers=args.workers, seed=args.seed,
-                     checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
+    tc = TrainConfig(steps=args.steps, max_minutes=args.max_minutes, batch_size=args.batch_size,
+                     num_workers=args.workers, seed=args.seed, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
                      val_every=args.val_every, amp=args.amp, device=args.device, threads=args.threads,
                      progress=not args.no_progress)
     res = train_dvp(args.target, args.output, config=cfg, train=tc, video=args.video, resume=args.resume,

@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
+import torch
+
 from ..data import ConditioningSettings, TrackedVideo, WindowDataset, build_cache
 from ..errors import TrainingError
 from ..training import TrainConfig, Trainer, TrainResult, config_from_dict, seed_everything
@@ -83,7 +85,8 @@ def train_dvp(target: Optional[PathLike], run_dir: PathLike, *, config: Optional
         crop_scale = data["settings"]["crop_scale"]
         old = config_from_dict(TrainConfig, saved["train"])
         # the run keeps its data order, batch and seed; a new step count (and runtime settings) may be given
-        train = TrainConfig(**{**asdict(old), "steps": train.steps, "num_workers": train.num_workers,
+        train = TrainConfig(**{**asdict(old), "steps": train.steps, "max_minutes": train.max_minutes,
+                               "num_workers": train.num_workers,
                                "device": train.device, "threads": train.threads, "progress": train.progress,
                                "amp": train.amp, "tensorboard": train.tensorboard})
     config = config or DVPConfig()
@@ -115,15 +118,12 @@ def train_dvp(target: Optional[PathLike], run_dir: PathLike, *, config: Optional
     return trainer.fit()
 
 
-def load_dvp(run_dir: PathLike, device: Union[str, "torch.device"] = "cpu"  # noqa: F821 (string annotation)
-             ) -> Tuple[DeepVideoPortraits, Dict[str, Any]]:
+def load_dvp(run_dir: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[DeepVideoPortraits, Dict[str, Any]]:
     """The trained method of a run (generator weights of ``checkpoints/last.pt``, eval mode) and its config dict.
 
     Raises:
         TrainingError: not a run folder / not a DVP run. CheckpointError: missing, corrupt or mismatched checkpoint.
     """
-    import torch
-
     from ..training import check_compatible, load_checkpoint
 
     saved = read_run_config(run_dir)

@@ -19,6 +19,8 @@ class TrainConfig:
 
     Attributes:
         steps: optimisation steps (one step = every phase of the method once, e.g. D then G).
+        max_minutes: stop earlier, with a checkpoint, when this call has trained for so many minutes (a time
+            budget; ``--resume`` continues).
         batch_size: GLOBAL batch per step (split evenly over the processes of a ``torchrun`` job, so a run gives
             the same result on 1 or N processes).
         num_workers: DataLoader workers per process.
@@ -43,6 +45,7 @@ class TrainConfig:
     """
 
     steps: int = 10000
+    max_minutes: Optional[float] = None
     batch_size: int = 4
     num_workers: int = 0
     seed: int = 0
@@ -79,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
         if self.max_loss is not None and not self.max_loss > 0:
             raise ValueError(f"max_loss must be > 0, got {self.max_loss}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 

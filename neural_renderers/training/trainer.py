@@ -157,8 +157,6 @@ class Trainer:
         if not resume and last.is_file():
             raise TrainingError(f"{str(self.run_dir)!r} already holds a run (checkpoints/last.pt); pass --resume "
                                 f"to continue it or choose another output folder")
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
         # AMP
         amp = config.amp
         if amp == "auto":
@@ -428,7 +426,17 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- the loop
     def fit(self) -> TrainResult:
-        """Train until ``config.steps`` (see the module docstring for checkpoints, Ctrl-C and divergence)."""
+        """Train until ``config.steps`` (see the module docstring for checkpoints, Ctrl-C and divergence).
+        ``config.threads`` applies for the call only (torch's thread count is restored afterwards)."""
+        threads = torch.get_num_threads()
+        if self.cfg.threads is not None:
+            torch.set_num_threads(self.cfg.threads)
+        try:
+            return self._fit()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self) -> TrainResult:
         cfg = self.cfg
         if self.resume:
             self._load()
@@ -471,7 +479,9 @@ class Trainer:
                     if cfg.val_every and self.step % cfg.val_every == 0 and self.step != cfg.steps:
                         self.validate()
                     stop = broadcast_flag(intr.flag, self.dist)
-                    if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop:
+                    out_of_time = broadcast_flag(cfg.max_minutes is not None
+                                                 and time.perf_counter() - t_run > 60 * cfg.max_minutes, self.dist)
+                    if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop or out_of_time:
                         path = self.save()
                     if bar is not None:
                         bar.update(1)
@@ -480,6 +490,9 @@ class Trainer:
                         bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
                     if stop:
                         raise KeyboardInterrupt
+                    if out_of_time:
+                        log.info("time budget of %s minutes reached at step %d", cfg.max_minutes, self.step)
+                        break
                 del outputs, batch
         finally:
             if bar is not None:
