@@ -38,34 +38,37 @@ there (flagged in the summary). Timestamps are the container's (variable frame r
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
-import math
 import os
-import shutil
-import sys
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from ..errors import NoFaceError, VideoError
+from ..errors import VideoError
 from ..io.atomic import atomic_write
-from ..io.video import VideoReader, VideoWriter
+from ..io.video import VideoReader
 from .eyes import (BLINK_NAMES, GAZE_NAMES, EyeConfig, EyeTracker, GazeCalibration, ICT_GAZE_CALIBRATION,
                    eye_aspect_ratio, estimate_open_ear)
-from .facebox import FaceObservation, LandmarkTracker, LandmarkTrackerConfig, face_frame
+from .facebox import FaceObservation, LandmarkTracker, LandmarkTrackerConfig
+from .keyframes import _fetch_frames, _keyframe_pass, keyframe_descriptor, select_keyframes
+from .overlay import _load_model, _records_from_store, _write_overlay, render_overlay
+from .quality import _JITTER_SERIES, _JitterAccumulator, landmark_jitter, psnr_summary
 from .smoothing import StreamingLinearSmoother, make_smoother
+from .store import STATE_DIR, _Store, _fingerprint, _settings_hash, _write_json
+from .streams import iter_frames as _frames, progress_bar as _progress
+from .trackfile import FORMAT_VERSION, _PER_FRAME_KEYS, Track, _iter_chunks, _write_params, load_track
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
+# The pieces of this module live in keyframes.py, store.py, trackfile.py, quality.py, overlay.py and streams.py; the
+# names below stay importable from here.
 __all__ = ["TrackConfig", "TrackResult", "Track", "track_video", "load_track", "render_overlay", "select_keyframes",
            "keyframe_descriptor", "landmark_jitter", "psnr_summary", "STATE_DIR", "FORMAT_VERSION",
            "SAVGOL_SMOOTHING"]
@@ -73,12 +76,6 @@ __all__ = ["TrackConfig", "TrackResult", "Track", "track_video", "load_track", "
 #: The landmark smoothing of the 2026-11 releases, Savitzky-Golay 5 / order 2, as ``TrackConfig`` fields
 #: (``facerender track --smoothing savgol``; the benchmarks' baseline).
 SAVGOL_SMOOTHING = MappingProxyType({"smoothing": "savgol", "smoothing_window": 5, "smoothing_order": 2})
-#: Name of the chunk store inside the output folder.
-STATE_DIR = ".track"
-#: Version of params.npz and of the chunk store (2: smoothed landmarks, fixed-vertex model landmarks, the smoother's
-#: state in the snapshots).
-FORMAT_VERSION = 3
-_MAX_AUDIO_BYTES = 64 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------------------- config
@@ -137,24 +134,6 @@ class TrackConfig:
         return make_smoother(self.smoothing, self.smoothing_window, self.smoothing_order, self.smoothing_lambda)
 
 
-def _jsonable(obj):
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {k: _jsonable(v) for k, v in asdict(obj).items()}
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None  # strict JSON: NaN / inf become null
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return repr(obj)
-
-
 # ---------------------------------------------------------------------------------------------------------- results
 @dataclass
 class TrackResult:
@@ -179,402 +158,6 @@ class TrackResult:
     timings: Dict[str, float]
     fps: float
     summary: Dict[str, Any]
-
-
-@dataclass
-class Track:
-    """A tracked video as stored in ``params.npz`` (:func:`load_track`). ``N`` frames, ``K`` expressions.
-
-    Per frame: ``index (N,)``, ``time (N,)`` seconds (the container's timestamps), ``rotation (N, 3)`` axis-angle
-    (model space), ``translation (N, 3)`` cm (camera space), ``expression (N, K)``, ``sh (N, 9, 3)``, ``gaze (N, 8)``
-    (``gaze_names``, eyeLook* weights given to the solver), ``blink (N, 2)`` (EAR-based eyeBlink_L, eyeBlink_R),
-    ``eyes_closed (N, 2)`` bool (left, right), ``iris (N, 2, 2)`` pixels (right, left eye; NaN when not found),
-    ``landmarks (N, 68, 2)`` the detected points (raw, NaN without a face), ``landmarks_smoothed (N, 68, 2)`` the
-    smoothed points given to the solver (NaN without a face; equal to ``landmarks`` with smoothing off and in files
-    written before it existed), ``landmark_confidence (N, 68)``, ``landmarks_2d (N, 68, 2)`` the model's fitted
-    landmarks (the jaw points slide along the contour), ``model_landmarks_2d (N, 68, 2)`` the projection of the
-    model's fixed iBUG-68 vertices (a copy of ``landmarks_2d`` in files written before it existed, or when the
-    solver gives none), ``face_found (N,)`` bool, ``status (N,)``
-    (``detected`` / ``tracked`` / ``no_face``), ``flags (N,)`` comma-separated strings (also ``flag_bits`` over
-    ``flag_names``), ``energy (N,)`` (NaN where no solve ran), ``solve_ms (N,)``, ``frame_ms (N,)``.
-
-    Per video: ``identity (K_id,)``, ``albedo (V_face, 3)`` or None, ``focal`` px, ``principal_point (2,)`` px,
-    ``image_size (H, W)``, ``fps``, ``model_name``, ``expression_names``, ``keyframes`` (frame indices), ``video``.
-    """
-
-    index: np.ndarray
-    time: np.ndarray
-    rotation: np.ndarray
-    translation: np.ndarray
-    expression: np.ndarray
-    sh: np.ndarray
-    gaze: np.ndarray
-    blink: np.ndarray
-    eyes_closed: np.ndarray
-    iris: np.ndarray
-    landmarks: np.ndarray
-    landmarks_smoothed: np.ndarray
-    landmark_confidence: np.ndarray
-    landmarks_2d: np.ndarray
-    model_landmarks_2d: np.ndarray
-    face_found: np.ndarray
-    status: np.ndarray
-    flags: np.ndarray
-    flag_bits: np.ndarray
-    flag_names: Tuple[str, ...]
-    energy: np.ndarray
-    psnr: np.ndarray
-    solve_ms: np.ndarray
-    frame_ms: np.ndarray
-    identity: np.ndarray
-    albedo: Optional[np.ndarray]
-    focal: float
-    principal_point: np.ndarray
-    image_size: Tuple[int, int]
-    fps: float
-    model_name: str
-    expression_names: Tuple[str, ...]
-    gaze_names: Tuple[str, ...]
-    keyframes: np.ndarray
-    video: str
-
-    def __len__(self) -> int:
-        return int(self.index.shape[0])
-
-    def has_flag(self, name: str) -> np.ndarray:
-        """``(N,)`` bool: frames carrying the flag ``name``."""
-        if name in self.flag_names:
-            return (self.flag_bits >> self.flag_names.index(name)) & 1 == 1
-        return np.array([name in str(f).split(",") for f in self.flags], dtype=bool)
-
-    def camera(self, dtype=None):
-        """The :class:`~facerender.cameras.PinholeCamera` of the video (batch 1)."""
-        import torch
-
-        from ..cameras import PinholeCamera
-
-        dt = dtype or torch.float32
-        t = lambda v: torch.tensor([float(v)], dtype=dt)  # noqa: E731
-        return PinholeCamera(fx=t(self.focal), fy=t(self.focal), cx=t(self.principal_point[0]),
-                             cy=t(self.principal_point[1]), image_size=tuple(self.image_size))
-
-
-_PER_FRAME_KEYS = ("index", "time", "rotation", "translation", "expression", "sh", "gaze", "blink", "eyes_closed",
-                   "iris", "iris_confidence", "ear", "landmarks", "landmarks_smoothed", "landmark_confidence",
-                   "landmarks_2d", "model_landmarks_2d", "box", "face_found", "status", "flags", "energy", "psnr",
-                   "solve_ms", "frame_ms", "decode_ms", "landmarks_ms", "eyes_ms")
-
-
-def load_track(path: PathLike) -> Track:
-    """Read ``params.npz`` written by :func:`track_video` (a folder or the file itself).
-
-    Raises:
-        FileNotFoundError: no params.npz there.
-        ValueError: the file is not a track written by this package (the message names what is missing).
-    """
-    p = Path(path)
-    if p.is_dir():
-        p = p / "params.npz"
-    if not p.is_file():
-        raise FileNotFoundError(f"no tracking parameters at {str(p)!r} (run 'facerender track VIDEO -o DIR' first)")
-    try:
-        z = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{str(p)!r} is not a readable .npz file: {e}") from e
-    with z:
-        need = {"index", "rotation", "translation", "expression", "sh", "identity", "focal", "format_version"}
-        missing = sorted(need - set(z.files))
-        if missing:
-            raise ValueError(f"{str(p)!r} is not a facerender track: missing {missing}")
-        d = {k: z[k] for k in z.files}
-    albedo = d.get("albedo")
-    if albedo is not None and albedo.size == 0:
-        albedo = None
-    return Track(
-        index=d["index"], time=d["time"], rotation=d["rotation"], translation=d["translation"],
-        expression=d["expression"], sh=d["sh"], gaze=d["gaze"], blink=d["blink"], eyes_closed=d["eyes_closed"],
-        iris=d["iris"], landmarks=d["landmarks"],
-        landmarks_smoothed=d["landmarks_smoothed"] if "landmarks_smoothed" in d else d["landmarks"].copy(),
-        landmark_confidence=d["landmark_confidence"], landmarks_2d=d["landmarks_2d"],
-        model_landmarks_2d=d["model_landmarks_2d"] if "model_landmarks_2d" in d else d["landmarks_2d"].copy(),
-        face_found=d["face_found"], status=d["status"], flags=d["flags"],
-        flag_bits=d["flag_bits"], flag_names=tuple(str(s) for s in d["flag_names"]), energy=d["energy"],
-        psnr=d["psnr"] if "psnr" in d else np.full(len(d["index"]), np.nan, np.float32),
-        solve_ms=d["solve_ms"], frame_ms=d["frame_ms"], identity=d["identity"], albedo=albedo,
-        focal=float(d["focal"]), principal_point=d["principal_point"],
-        image_size=tuple(int(v) for v in d["image_size"]), fps=float(d["fps"]), model_name=str(d["model_name"]),
-        expression_names=tuple(str(s) for s in d["expression_names"]),
-        gaze_names=tuple(str(s) for s in d["gaze_names"]), keyframes=d["keyframes"], video=str(d["video"]))
-
-
-# ---------------------------------------------------------------------------------------------------------- keyframes
-def keyframe_descriptor(points) -> np.ndarray:
-    """``(136,)`` descriptor of 68 landmarks for keyframe selection: the points minus the centroid of the inner
-    points, divided by their RMS radius, rotated so that the eye line is level; the 17 jaw points weighted 0.5."""
-    p = np.asarray(points, dtype=np.float64).reshape(68, 2)
-    c, s, a = face_frame(p)
-    ca, sa = math.cos(-a), math.sin(-a)
-    q = (p - c) @ np.array([[ca, sa], [-sa, ca]]) / max(s, 1e-9)
-    q[:17] *= 0.5
-    return q.reshape(-1)
-
-
-def select_keyframes(descriptors, k: int) -> List[int]:
-    """Farthest-point sampling of ``k`` rows of ``descriptors (M, D)``, starting from the row nearest the median.
-    Returns row indices in selection order (all rows when ``M <= k``)."""
-    D = np.asarray(descriptors, dtype=np.float64)
-    M = D.shape[0]
-    if M == 0:
-        return []
-    first = int(np.argmin(np.linalg.norm(D - np.median(D, 0), axis=1)))
-    chosen = [first]
-    dist = np.linalg.norm(D - D[first], axis=1)
-    while len(chosen) < min(k, M):
-        i = int(np.argmax(dist))
-        if dist[i] <= 0:
-            break
-        chosen.append(i)
-        dist = np.minimum(dist, np.linalg.norm(D - D[i], axis=1))
-    return chosen
-
-
-# ---------------------------------------------------------------------------------------------------------- state store
-def _pack(obj, arrays: Dict[str, np.ndarray], prefix: str = "s"):
-    """A JSON tree of ``obj`` with numpy arrays / tensors moved into ``arrays`` (referenced by key)."""
-    if hasattr(obj, "detach") and hasattr(obj, "cpu"):
-        obj = obj.detach().cpu().numpy()
-    if isinstance(obj, np.ndarray):
-        key = f"{prefix}_{len(arrays)}"
-        arrays[key] = np.array(obj)
-        return {"__array__": key}
-    if isinstance(obj, dict):
-        return {"__dict__": [[_pack(k, arrays, prefix), _pack(v, arrays, prefix)] for k, v in obj.items()]}
-    if isinstance(obj, (list, tuple)):
-        return {("__tuple__" if isinstance(obj, tuple) else "__list__"): [_pack(v, arrays, prefix) for v in obj]}
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return {"__float__": repr(obj)}
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    raise TypeError(f"cannot store a {type(obj).__name__} in the tracking state")
-
-
-def _unpack(tree, arrays):
-    if isinstance(tree, dict):
-        if "__array__" in tree:
-            return np.array(arrays[tree["__array__"]])
-        if "__dict__" in tree:
-            return {_unpack(k, arrays): _unpack(v, arrays) for k, v in tree["__dict__"]}
-        if "__tuple__" in tree:
-            return tuple(_unpack(v, arrays) for v in tree["__tuple__"])
-        if "__list__" in tree:
-            return [_unpack(v, arrays) for v in tree["__list__"]]
-        if "__float__" in tree:
-            return float(tree["__float__"])
-    return tree
-
-
-def _write_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
-    with atomic_write(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-
-def _write_json(path: Path, obj) -> None:
-    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False)
-    with atomic_write(path) as tmp:
-        tmp.write_text(text + "\n", encoding="utf-8")
-
-
-class _Store:
-    """The resumable chunk store ``DIR/.track/``: ``manifest.json``, ``video.npz`` (bundling), ``chunk_NNNNNN.npz``
-    (per-frame arrays) and ``state_NNNNNN.npz`` (trackers after that chunk; only the newest is kept)."""
-
-    def __init__(self, out_dir: Path):
-        self.dir = out_dir / STATE_DIR
-        self.manifest_path = self.dir / "manifest.json"
-
-    def exists(self) -> bool:
-        return self.manifest_path.is_file()
-
-    def clear(self) -> None:
-        if self.dir.exists():
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def create(self, manifest: dict) -> None:
-        self.clear()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        _write_json(self.manifest_path, manifest)
-
-    def read_manifest(self) -> Optional[dict]:
-        try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-
-    def write_manifest(self, manifest: dict) -> None:
-        _write_json(self.manifest_path, manifest)
-
-    def write_video(self, arrays: Dict[str, np.ndarray]) -> None:
-        _write_npz(self.dir / "video.npz", arrays)
-
-    def read_video(self) -> Dict[str, np.ndarray]:
-        with np.load(self.dir / "video.npz", allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-
-    def chunk_path(self, k: int) -> Path:
-        return self.dir / f"chunk_{k:06d}.npz"
-
-    def state_path(self, k: int) -> Path:
-        return self.dir / f"state_{k:06d}.npz"
-
-    def write_chunk(self, k: int, arrays: Dict[str, np.ndarray], state: dict) -> None:
-        _write_npz(self.chunk_path(k), arrays)
-        packed: Dict[str, np.ndarray] = {}
-        tree = _pack(state, packed)
-        packed["__tree__"] = np.array(json.dumps(tree))
-        _write_npz(self.state_path(k), packed)
-
-    def read_chunk(self, k: int) -> Dict[str, np.ndarray]:
-        with np.load(self.chunk_path(k), allow_pickle=False) as z:
-            return {key: z[key] for key in z.files}
-
-    def read_chunk_key(self, k: int, key: str) -> np.ndarray:
-        with np.load(self.chunk_path(k), allow_pickle=False) as z:
-            return z[key]
-
-    def read_state(self, k: int) -> dict:
-        with np.load(self.state_path(k), allow_pickle=False) as z:
-            arrays = {key: z[key] for key in z.files}
-        return _unpack(json.loads(str(arrays.pop("__tree__"))), arrays)
-
-    def drop_state(self, k: int) -> None:
-        try:
-            self.state_path(k).unlink()
-        except OSError:
-            pass
-
-
-def _fingerprint(video: Path, reader: VideoReader) -> dict:
-    st = video.stat()
-    return {"path": str(video.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "size": list(reader.size), "fps": reader.fps}
-
-
-def _settings_hash(config: TrackConfig, max_frames, model) -> str:
-    blob = json.dumps({"config": _jsonable(config), "max_frames": max_frames,
-                       "model": [getattr(model, "name", "?"), int(getattr(model, "num_expression", 0)),
-                                 int(getattr(model, "num_identity", 0))], "version": FORMAT_VERSION},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------------------- helpers
-def _frames(reader: VideoReader, start: int = 0, stop: Optional[int] = None,
-            timer: Optional[Dict[str, float]] = None) -> Iterator:
-    """Frames ``start <= index < stop`` of a reader; decoding time (including skipped frames) goes to ``timer``.
-    A decoding error after the first frame ends the stream (recorded in ``timer["decode_error"]``)."""
-    it = iter(reader)
-    while True:
-        t0 = time.perf_counter()
-        try:
-            fr = next(it)
-        except StopIteration:
-            return
-        except VideoError as e:
-            if timer is not None:
-                timer["decode_error"] = str(e)
-            log.warning("%s; the video is treated as ending there", e)
-            return
-        finally:
-            if timer is not None:
-                timer["decode"] = timer.get("decode", 0.0) + time.perf_counter() - t0
-        if stop is not None and fr.index >= stop:
-            it.close()
-            return
-        if fr.index >= start:
-            yield fr
-
-
-def _second_difference_sq(s: np.ndarray) -> Tuple[float, int]:
-    """Sum of the squared lengths of ``p[t+1] - 2 p[t] + p[t-1]`` over a run ``(T, L, 2)`` and the number of terms."""
-    s = np.asarray(s, dtype=np.float64)
-    if s.shape[0] < 3:
-        return 0.0, 0
-    d2 = s[2:] - 2 * s[1:-1] + s[:-2]
-    return float((d2 ** 2).sum(-1).sum()), int(d2.shape[0] * d2.shape[1])
-
-
-def landmark_jitter(sequences: Sequence[np.ndarray]) -> Tuple[float, int]:
-    """RMS of the second temporal difference ``p[t+1] - 2 p[t] + p[t-1]`` (pixels, over points and coordinates
-    together, i.e. the RMS length of the 2-D vector) over runs of consecutive frames ``(T, L, 2)``; returns
-    ``(rms, number of terms)`` (one term per point and triple of frames)."""
-    total, n = 0.0, 0
-    for s in sequences:
-        t, k = _second_difference_sq(s)
-        total += t
-        n += k
-    return (math.sqrt(total / n) if n else float("nan")), n
-
-
-#: Point series of the jitter report: summary key -> per-frame key of the chunks / params.npz.
-_JITTER_SERIES = (("detector", "landmarks"), ("smoothed", "landmarks_smoothed"), ("model", "model_landmarks_2d"),
-                  ("model_sliding", "landmarks_2d"))
-
-
-class _JitterAccumulator:
-    """Streaming :func:`landmark_jitter` of the point series of ``_JITTER_SERIES`` (the detected points, the smoothed
-    points given to the solver, the model's fixed-vertex and sliding landmarks) over runs of consecutive frames where
-    the face was found and the solver ran (no bridge, no loss or re-detection, no replaced values); plus the mean
-    distance of the model's and the smoothed points from the detected ones over the same frames."""
-
-    def __init__(self):
-        self.acc = {name: [0.0, 0] for name, _ in _JITTER_SERIES}
-        self.dist = {name: 0.0 for name in ("model", "model_inner", "model_sliding", "smoothed")}
-        self.n_dist = 0
-        self.iod: List[float] = []
-        self.prev: List[Dict[str, np.ndarray]] = []
-
-    def add(self, frame: Dict[str, np.ndarray], ok: bool) -> None:
-        """``frame``: the per-frame arrays of one frame (keys of ``_JITTER_SERIES``); ``ok``: the frame counts."""
-        pts = {name: np.asarray(frame[key], np.float64) for name, key in _JITTER_SERIES}
-        if not ok or not all(np.isfinite(v).all() for v in pts.values()):
-            self.prev = []
-            return
-        det = pts["detector"]
-        d = lambda name, sl=slice(None): float(np.linalg.norm(pts[name][sl] - det[sl], axis=-1).mean())  # noqa
-        self.dist["model"] += d("model")
-        self.dist["model_inner"] += d("model", slice(17, None))
-        self.dist["model_sliding"] += d("model_sliding")
-        self.dist["smoothed"] += d("smoothed")
-        self.n_dist += 1
-        self.prev = (self.prev + [pts])[-3:]
-        if len(self.prev) == 3:
-            for name, acc in self.acc.items():
-                t, k = _second_difference_sq(np.stack([p[name] for p in self.prev]))
-                acc[0] += t
-                acc[1] += k
-            self.iod.append(float(np.linalg.norm(det[45] - det[36])))
-
-    def result(self) -> Tuple[Dict[str, float], Dict[str, float]]:
-        """``(jitter, distance)``: RMS second difference per series (px, ``_iod`` relative to the median eye-corner
-        distance, ``_ratio`` relative to the detector's) and mean distances to the detected points (px)."""
-        nan = float("nan")
-        iod = float(np.median(self.iod)) if self.iod else nan
-        rms = {name: math.sqrt(t / k) if k else nan for name, (t, k) in self.acc.items()}
-        det = rms["detector"]
-        jitter: Dict[str, float] = {}
-        for name, v in rms.items():
-            jitter[f"{name}_px"] = v
-            jitter[f"{name}_iod"] = v / iod if iod > 0 else nan
-            if name != "detector":
-                jitter[f"{name}_ratio"] = v / det if det > 0 else nan
-        jitter["ratio"] = jitter["model_ratio"]
-        jitter["triples"] = len(self.iod)
-        distance = {f"{k}_px": v / self.n_dist if self.n_dist else nan for k, v in self.dist.items()}
-        distance["frames"] = self.n_dist
-        return jitter, distance
 
 
 def _finite_or(value: np.ndarray, fallback: np.ndarray) -> Tuple[np.ndarray, bool]:
@@ -636,75 +219,12 @@ def track_video(video: PathLike, out_dir: PathLike, model=None, config: Optional
         raise
 
 
-def _load_model(model):
-    if model is None:
-        from morphable_models import load_ict
-
-        model = load_ict()
-    return model
-
-
 def _make_tracker(tracker_factory, model, cfg: TrackConfig, size, fps):
     if tracker_factory is None:
         from .tracker import FaceTracker, TrackerConfig
 
         return FaceTracker(model, cfg.tracker or TrackerConfig(), size, fps)
     return tracker_factory(model, cfg.tracker, size, fps)
-
-
-def _keyframe_pass(reader: VideoReader, cfg: TrackConfig, limit: Optional[int], timer: Dict[str, float]):
-    """Sample candidates, detect, select keyframes. Returns (candidate records, selected records, frames seen)."""
-    n = reader.frame_count if limit is None else min(reader.frame_count or limit, limit)
-    if n <= 0:
-        n = limit or cfg.keyframe_candidates
-    m = min(cfg.keyframe_candidates, n)
-    wanted = set(np.unique(np.round(np.linspace(0, n - 1, m)).astype(int)).tolist())
-    lt = LandmarkTracker(cfg.landmarks)
-    records, seen = [], 0
-    for fr in _frames(reader, 0, limit, timer):
-        seen += 1
-        if fr.index not in wanted:
-            continue
-        t0 = time.perf_counter()
-        lt.reset()
-        obs = lt.update(fr.image)
-        timer["keyframe_landmarks"] = timer.get("keyframe_landmarks", 0.0) + time.perf_counter() - t0
-        if obs.found:
-            records.append({"index": fr.index, "points": obs.landmarks.points.copy(),
-                            "confidence": obs.landmarks.confidence.copy()})
-    if seen == 0:
-        raise VideoError(f"{str(reader.path)!r} holds no decodable video frame")
-    if not records and cfg.max_scan > 0:
-        # a face may show only between the samples: scan up to max_scan frames evenly
-        step = max(1, int(math.ceil(seen / cfg.max_scan)))
-        log.info("no face in %d sampled frames; scanning every %d-th frame", len(wanted), step)
-        for fr in _frames(reader, 0, limit, timer):
-            if fr.index % step or fr.index in wanted:
-                continue
-            lt.reset()
-            obs = lt.update(fr.image)
-            if obs.found:
-                records.append({"index": fr.index, "points": obs.landmarks.points.copy(),
-                                "confidence": obs.landmarks.confidence.copy()})
-                if len(records) >= cfg.keyframes:
-                    break
-    if not records:
-        raise NoFaceError(f"no face found in {str(reader.path)!r}: none of {len(wanted)} sampled frames (and none of "
-                          f"the frames scanned after them) shows a face that the dlib detector finds "
-                          f"({reader.width}x{reader.height}, threshold {cfg.landmarks.threshold})")
-    desc = np.stack([keyframe_descriptor(r["points"]) for r in records])
-    chosen = sorted(select_keyframes(desc, cfg.keyframes), key=lambda i: records[i]["index"])
-    return records, [records[i] for i in chosen], seen
-
-
-def _fetch_frames(reader: VideoReader, indices: Sequence[int], timer) -> Dict[int, np.ndarray]:
-    want = set(int(i) for i in indices)
-    out: Dict[int, np.ndarray] = {}
-    last = max(want)
-    for fr in _frames(reader, 0, last + 1, timer):
-        if fr.index in want:
-            out[fr.index] = fr.image
-    return out
 
 
 def _track(reader, video, out_dir, model, cfg, max_frames, overlay, resume, progress, tracker_factory, callback):
@@ -993,62 +513,6 @@ def _main_pass(reader, store: _Store, manifest, tracker, lt, et, smoother: Strea
     store.write_manifest(manifest)
 
 
-def _progress(total, initial, enabled, desc):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm(total=total or None, initial=initial, unit="frame", desc=desc, dynamic_ncols=True, file=sys.stderr,
-                smoothing=0.1)
-
-
-# ---------------------------------------------------------------------------------------------------------- outputs
-def _iter_chunks(store: _Store, manifest) -> Iterator[Dict[str, np.ndarray]]:
-    for k in range(len(manifest["chunks"])):
-        yield store.read_chunk(k)
-
-
-def _write_params(path: Path, store: _Store, manifest, model, vid, reader: VideoReader, fps: float, video: Path,
-                  flag_names: List[str]) -> None:
-    """params.npz, assembled one key at a time from the chunks (peak memory: one per-frame array)."""
-    n_chunks = len(manifest["chunks"])
-    with atomic_write(path) as tmp:
-        with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            def put(name, arr):
-                with zf.open(name + ".npy", "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
-
-            for key in _PER_FRAME_KEYS:
-                parts = [store.read_chunk_key(k, key) for k in range(n_chunks)]
-                put(key, np.concatenate(parts) if parts else np.zeros(0))
-                del parts
-            bits = []
-            for k in range(n_chunks):
-                for f in store.read_chunk_key(k, "flags"):
-                    b = 0
-                    for name in str(f).split(","):
-                        if name in flag_names:
-                            b |= 1 << flag_names.index(name)
-                    bits.append(b)
-            put("flag_bits", np.array(bits, dtype=np.int64))
-            put("flag_names", np.array(flag_names, dtype=str))
-            put("identity", vid["identity"])
-            put("albedo", vid["albedo"])
-            put("focal", np.float64(vid["focal"]))
-            put("principal_point", vid["principal_point"])
-            put("image_size", np.array(reader.size, dtype=np.int64))
-            put("fps", np.float64(fps))
-            put("model_name", np.array(str(getattr(model, "name", "?"))))
-            put("expression_names", np.array(list(getattr(model, "expression_names", ())), dtype=str))
-            put("gaze_names", np.array(GAZE_NAMES, dtype=str))
-            put("blink_names", np.array(BLINK_NAMES, dtype=str))
-            put("keyframes", vid["keyframes"])
-            put("video", np.array(str(video.resolve())))
-            put("format_version", np.int64(FORMAT_VERSION))
-
-
 def _collect(store: _Store, manifest):
     """Per-frame series for the plot and the summary (small), flag names, counts and jitter."""
     energy, fms, times, face, psnr, index = [], [], [], [], [], []
@@ -1077,20 +541,6 @@ def _collect(store: _Store, manifest):
     cat = lambda x: np.concatenate(x) if x else np.zeros(0)  # noqa: E731
     return (cat(energy), cat(fms), cat(times), cat(face).astype(bool), flag_count, status_count, jit.result(), sums,
             cat(psnr), cat(index).astype(np.int64))
-
-
-def psnr_summary(psnr: np.ndarray, index: np.ndarray, keyframes) -> Dict[str, Any]:
-    """Mean photometric PSNR (dB, ``FrameResult.psnr``) of the solved frames, split into the keyframes (whose pixels
-    estimated the albedo) and the other frames (held out from the albedo): ``{"keyframes": dB, "other": dB,
-    "keyframes_n": n, "other_n": n, "other_p10": dB}`` (None where no frame has a value). ``psnr (N,)`` and
-    ``index (N,)`` per stored frame."""
-    psnr = np.asarray(psnr, np.float64)
-    key = np.isin(np.asarray(index), np.asarray(keyframes, dtype=np.int64))
-    fin = np.isfinite(psnr)
-    a, b = psnr[fin & key], psnr[fin & ~key]
-    f = lambda v: float(v.mean()) if v.size else None  # noqa: E731
-    return {"keyframes": f(a), "other": f(b), "keyframes_n": int(a.size), "other_n": int(b.size),
-            "other_p10": float(np.percentile(b, 10)) if b.size else None}
 
 
 def _plot(path: Path, energy: np.ndarray, frame_ms: np.ndarray, face: np.ndarray, title: str) -> Optional[Path]:
@@ -1188,187 +638,3 @@ def _finish(reader, video, out_dir, store, manifest, model, vid, cfg, overlay, p
                        summary["timings_s"], main_fps, summary)
 
 
-# ---------------------------------------------------------------------------------------------------------- overlay
-def _label(img: np.ndarray, text: str) -> np.ndarray:
-    from PIL import Image, ImageDraw
-
-    im = Image.fromarray(img)
-    d = ImageDraw.Draw(im)
-    d.rectangle([0, 0, 7 * len(text) + 6, 14], fill=(0, 0, 0))
-    d.text((3, 2), text, fill=(255, 80, 80))
-    return np.asarray(im)
-
-
-class _OverlayRenderer:
-    """Renders the tracked face (region ``face`` of the identity model) into a crop around it and blends it."""
-
-    def __init__(self, model, track_identity: np.ndarray, albedo: Optional[np.ndarray], focal: float,
-                 pp: np.ndarray, size: Tuple[int, int], alpha: float):
-        import torch
-
-        self.torch = torch
-        region = model.submodel("face") if "face" in (getattr(model, "regions", {}) or {}) else model
-        self.model = region
-        dt = region.dtype
-        with torch.no_grad():
-            idt = torch.as_tensor(track_identity, dtype=dt).reshape(1, -1) if track_identity.size else None
-            self.base_kw = {"identity": idt} if idt is not None and idt.shape[1] == region.num_identity else {}
-        self.albedo = (torch.as_tensor(albedo, dtype=dt) if albedo is not None and albedo.shape[0] ==
-                       region.num_vertices else None)
-        self.focal, self.pp, self.size, self.alpha = float(focal), np.asarray(pp, np.float64), size, alpha
-
-    def __call__(self, image: np.ndarray, rotation, translation, expression, sh, points2d) -> np.ndarray:
-        torch = self.torch
-        from ..cameras import PinholeCamera
-        from ..render.overlay import blend_overlay
-        from ..render.renderer import render_face
-
-        H, W = self.size
-        p = np.asarray(points2d, np.float64)
-        if not np.isfinite(p).all():
-            return image
-        lo, hi = p.min(0), p.max(0)
-        c, side = (lo + hi) / 2, float(max(hi - lo)) * 1.8 + 8
-        x0, y0 = int(max(0, math.floor(c[0] - side / 2))), int(max(0, math.floor(c[1] - side / 2)))
-        x1, y1 = int(min(W, math.ceil(c[0] + side / 2))), int(min(H, math.ceil(c[1] + side / 2)))
-        if x1 - x0 < 4 or y1 - y0 < 4:
-            return image
-        dt = self.model.dtype
-        with torch.no_grad():
-            ex = torch.as_tensor(np.asarray(expression), dtype=dt).reshape(1, -1)
-            verts = self.model(expression=ex, **self.base_kw).vertices
-            t1 = lambda v: torch.tensor([float(v)], dtype=dt)  # noqa: E731
-            cam = PinholeCamera(fx=t1(self.focal), fy=t1(self.focal), cx=t1(self.pp[0] - x0), cy=t1(self.pp[1] - y0),
-                                image_size=(y1 - y0, x1 - x0))
-            out = render_face(verts, self.model.faces, cam, torch.as_tensor(np.asarray(rotation), dtype=dt)[None],
-                              torch.as_tensor(np.asarray(translation), dtype=dt)[None], albedo=self.albedo,
-                              sh=torch.as_tensor(np.asarray(sh), dtype=dt).reshape(1, 9, 3), antialias=False)
-        crop = image[y0:y1, x0:x1]
-        mask = out.mask[0].to(torch.float64).numpy()
-        if mask.ndim == 3:
-            mask = mask[..., 0]
-        blended = blend_overlay(crop, out.image[0].clamp(0, 1).numpy(), mask, self.alpha)
-        res = image.copy()
-        res[y0:y1, x0:x1] = blended
-        return res
-
-
-_RECORD_KEYS = ("index", "time", "rotation", "translation", "expression", "sh", "landmarks", "landmarks_2d",
-                "face_found")
-
-
-def _records_from_arrays(arrays: Dict[str, np.ndarray]) -> Iterator[Dict[str, Any]]:
-    for i in range(len(arrays["index"])):
-        yield {k: arrays[k][i] for k in _RECORD_KEYS}
-
-
-def _records_from_store(store: _Store, manifest) -> Iterator[Dict[str, Any]]:
-    for k in range(len(manifest["chunks"])):
-        yield from _records_from_arrays(store.read_chunk(k))
-
-
-def render_overlay(track: Union[PathLike, Track], video: PathLike, path: PathLike, model=None, *, alpha: float = 0.6,
-                   crf: float = 20, preset: str = "veryfast", progress: bool = True,
-                   timings: Optional[Dict[str, float]] = None) -> Path:
-    """Write the overlay video of a track: each frame with the tracked face rendered over it (``alpha``), the
-    detected landmarks (green) and the model's projected landmarks (red) drawn, and a label on frames without a face.
-
-    The video is streamed (frames are never held). The audio of the video is copied when it decodes to less than
-    64 MB (longer audio is left out to keep memory bounded). Written atomically; frame times are the video's own.
-
-    Args:
-        track: a :class:`Track` or the folder / ``params.npz`` of one.
-        video: the tracked video.
-        path: the output ``.mp4``.
-        model: the face model of the track (default ``load_ict()``).
-        alpha: opacity of the render; crf, preset: x264 settings; progress: a progress bar.
-        timings: a dict receiving ``overlay_decode``, ``overlay_render``, ``overlay_encode`` seconds.
-    Raises:
-        ValueError: the track is for another frame size. VideoError: the video cannot be read.
-    """
-    tr = track if isinstance(track, Track) else load_track(track)
-    arrays = {k: getattr(tr, k) for k in _RECORD_KEYS}
-    return _write_overlay(_records_from_arrays(arrays), len(tr), tr.image_size, video, path, _load_model(model),
-                          tr.identity, tr.albedo, tr.focal, tr.principal_point, tr.fps, alpha, crf, preset, progress,
-                          timings)
-
-
-def _write_overlay(records: Iterator[Dict[str, Any]], n: int, image_size, video: PathLike, path: PathLike, model,
-                   identity, albedo, focal, pp, fps_track, alpha, crf, preset, progress, timings) -> Path:
-    from ..render.overlay import draw_landmarks
-
-    reader = VideoReader(video)
-    H, W = reader.size
-    if tuple(int(v) for v in image_size) != (H, W):
-        raise ValueError(f"the track is for {image_size[1]}x{image_size[0]} frames but {str(video)!r} is {W}x{H}")
-    if n == 0:
-        raise ValueError("the track holds no frame")
-    renderer = _OverlayRenderer(model, np.asarray(identity), albedo, focal, pp, (H, W), alpha)
-    audio = None
-    if reader.has_audio and reader.duration > 0:
-        est = reader.duration * (reader.info.audio_sample_rate or 48000) * (reader.info.audio_channels or 2) * 4
-        if est <= _MAX_AUDIO_BYTES:
-            audio = Path(video)
-        else:
-            log.info("audio not copied into the overlay (%.0f MB decoded; limit %d MB)", est / 2 ** 20,
-                     _MAX_AUDIO_BYTES // 2 ** 20)
-    t = timings if timings is not None else {}
-    radius = max(1.0, round(min(H, W) / 320.0, 1))
-    dec: Dict[str, float] = {}
-    last_t = -1.0
-    fps_w = reader.fps if reader.fps > 0 else (fps_track or 30.0)
-    try:
-        writer = VideoWriter(path, fps_w, (H, W), audio_from=audio, crf=crf, preset=preset)
-    except (VideoError, ValueError):
-        if audio is None:
-            raise
-        log.info("the audio of %s could not be read; the overlay has none", video)
-        writer = VideoWriter(path, fps_w, (H, W), crf=crf, preset=preset)
-    bar = _progress(n, 0, progress, "overlay")
-    written = 0
-    try:
-        rec = next(records, None)
-        for fr in _frames(reader, 0, None, dec):
-            if rec is None:
-                break
-            if fr.index < int(rec["index"]):
-                continue
-            while rec is not None and int(rec["index"]) < fr.index:  # a frame the video no longer has
-                rec = next(records, None)
-            if rec is None or int(rec["index"]) != fr.index:
-                continue
-            t0 = time.perf_counter()
-            img = renderer(fr.image, rec["rotation"], rec["translation"], rec["expression"], rec["sh"],
-                           rec["landmarks_2d"])
-            if rec["face_found"]:
-                img = draw_landmarks(img, rec["landmarks"], (0, 255, 0), radius)
-            img = draw_landmarks(img, rec["landmarks_2d"], (255, 40, 40), radius)
-            if not rec["face_found"]:
-                img = _label(img, "no face (bridged)")
-            t1 = time.perf_counter()
-            ts = float(rec["time"])
-            if not math.isfinite(ts) or ts <= last_t:
-                ts = last_t + 1e-3 if last_t >= 0 else 0.0
-            ts = max(ts, 0.0)
-            writer.write(img, time=ts)
-            last_t = ts
-            t2 = time.perf_counter()
-            t["overlay_render"] = t.get("overlay_render", 0.0) + (t1 - t0)
-            t["overlay_encode"] = t.get("overlay_encode", 0.0) + (t2 - t1)
-            written += 1
-            if bar is not None:
-                bar.update(1)
-            rec = next(records, None)
-        if written == 0:
-            raise VideoError(f"no frame of {str(video)!r} matched the track")
-        t0 = time.perf_counter()
-        writer.close()
-        t["overlay_encode"] = t.get("overlay_encode", 0.0) + time.perf_counter() - t0
-    except BaseException as e:
-        writer.abort(e)
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    t["overlay_decode"] = t.get("overlay_decode", 0.0) + dec.get("decode", 0.0)
-    return Path(path)
