@@ -101,6 +101,25 @@ def test_cache_windows_channel_order_and_reuse(d10, ict_model, monkeypatch):
     assert again.folder == cache.folder
 
 
+def test_float16_cache_holds_texture_coordinates_and_tiles(d10, ict_model):
+    """Neural Voice Puppetry's conditioning: UVs at float16 precision, the UDIM tile + 1, the mask."""
+    src, _ = d10
+    with pytest.raises(ValueError, match="need storage='float16'"):
+        ConditioningSettings(size=32, maps=("uv", "uv_tile"))
+    settings = ConditioningSettings(size=32, maps=("uv", "uv_tile", "mask"), storage="float16", batch=20)
+    cache = build_cache(src, ict_model, settings, progress=False)
+    assert cache.channels == 4
+    c = cache.read("cond", 7)
+    assert c.dtype == np.float16
+    uv, tile, mask = c[..., :2].astype(np.float32), c[..., 2], c[..., 3] > 0.5
+    tiles = np.unique(tile)
+    assert (tiles == np.round(tiles)).all() and tiles.min() == 0 and {1.0, 2.0} <= set(tiles.tolist())
+    assert ((tile > 0) == mask).all() and (uv[mask] >= 0).all() and (uv[mask] <= 1).all()
+    assert len(np.unique(np.round(uv[mask] * 2048))) > 2 * len(np.unique(np.round(uv[mask] * 255)))
+    s = WindowDataset(cache, window=1, split="all")[7]
+    assert s["condition"].dtype == torch.float32 and torch.equal(s["condition"], torch.from_numpy(c.astype(np.float32)))
+
+
 def test_a_track_of_another_video_is_refused(d10, video_dir):
     src, _ = d10
     with pytest.raises(DatasetError, match="does not match the video .*talking_d3.mp4.*eye distance"):

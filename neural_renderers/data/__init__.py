@@ -7,8 +7,8 @@
 * :class:`WindowDataset` / :func:`multi_video_dataset` - space-time windows of conditioning + the real frame, split
   by time (the last 15 % is validation).
 """
-from .cache import CACHE_VERSION, MAP_CHANNELS, ConditioningCache, ConditioningRenderer, ConditioningSettings, \
-    build_cache, quantize, render_conditioning
+from .cache import CACHE_VERSION, FLOAT16_MAPS, MAP_CHANNELS, ConditioningCache, ConditioningRenderer, \
+    ConditioningSettings, build_cache, dequantize, quantize, render_conditioning
 from .crops import CropBoxes, CropReference, crop_boxes_from_pose, crop_camera, crop_reference, stable_crop_boxes
 from .dataset import WindowDataset, multi_video_dataset, split_frames, window_indices
 from .source import TrackedVideo, video_fingerprint
@@ -16,6 +16,7 @@ from .source import TrackedVideo, video_fingerprint
 __all__ = [
     "TrackedVideo", "video_fingerprint", "CropBoxes", "CropReference", "crop_reference", "crop_boxes_from_pose",
     "stable_crop_boxes", "crop_camera", "ConditioningSettings", "ConditioningCache", "ConditioningRenderer",
-    "build_cache", "render_conditioning", "quantize", "MAP_CHANNELS", "CACHE_VERSION", "WindowDataset",
+    "build_cache", "render_conditioning", "quantize", "dequantize", "MAP_CHANNELS", "FLOAT16_MAPS", "CACHE_VERSION",
+    "WindowDataset",
     "multi_video_dataset", "split_frames", "window_indices",
 ]

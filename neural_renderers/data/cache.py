@@ -6,16 +6,20 @@ camera, the conditioning maps of :func:`facerender.render.conditioning.condition
 parameters (identity, expression with gaze and blinks, pose, SH light, albedo). It writes, per chunk of
 ``chunk_size`` frames::
 
-    cond_<k>.npy   (n, S, S, C) uint8   the maps, concatenated in the order of ``settings.maps``
-                                        (Deep Video Portraits: shaded RGB, correspondence XYZ, gaze RGB: C = 9)
+    cond_<k>.npy   (n, S, S, C) uint8 or float16 (``settings.storage``): the maps, concatenated in the order of
+                                        ``settings.maps`` (Deep Video Portraits: shaded RGB, correspondence XYZ,
+                                        gaze RGB: C = 9)
     real_<k>.npy   (n, S, S, 3) uint8   the real face crops
 
 and, last, ``meta.json`` (settings, crop boxes, which frames have a tracked face, the video's fingerprint). Every
 file is written atomically; a build that is stopped resumes at the first missing chunk. Epochs then read (memory
 maps, one chunk at a time), they never re-render, and memory does not grow with the video's length.
 
-Values are stored as uint8: colour and gaze maps lose nothing a video would keep; the correspondence image is
-quantised to 1/255 of the template's bounding box (about 1 mm on ICT-FaceKit).
+Storage ``"uint8"`` (the default, for maps in [0, 1]): colour and gaze maps lose nothing a video would keep; the
+correspondence image is quantised to 1/255 of the template's bounding box (about 1 mm on ICT-FaceKit).
+Storage ``"float16"`` keeps texture coordinates precise (``"uv"``: 1/2048 of the texture, a texel of a 2048^2 texture)
+and holds the integer maps ``"uv_tile"`` (the UDIM tile + 1, 0 on the background) and ``"regions"`` (the region id):
+Neural Voice Puppetry's neural texture is sampled through them. :func:`quantize` / :func:`dequantize` convert.
 """
 from __future__ import annotations
 
@@ -39,12 +43,14 @@ from .source import TrackedVideo
 log = logging.getLogger(__name__)
 
 __all__ = ["ConditioningSettings", "ConditioningCache", "ConditioningRenderer", "build_cache", "render_conditioning",
-           "quantize", "CACHE_VERSION", "MAP_CHANNELS"]
+           "quantize", "dequantize", "CACHE_VERSION", "MAP_CHANNELS", "FLOAT16_MAPS"]
 
 CACHE_VERSION = 1
 #: Channels of each conditioning map.
 MAP_CHANNELS: Dict[str, int] = {"shaded": 3, "albedo": 3, "normals": 3, "correspondence": 3, "gaze": 3, "mask": 1,
-                                "landmark_image": 1, "regions_onehot": 5, "uv": 2}
+                                "landmark_image": 1, "regions_onehot": 5, "uv": 2, "uv_tile": 1, "regions": 1}
+#: Maps that need ``storage="float16"`` (integer ids, or coordinates that 8 bits would blur).
+FLOAT16_MAPS = frozenset({"uv", "uv_tile", "regions"})
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class ConditioningSettings:
         maps: conditioning maps, in channel order (Deep Video Portraits: shaded, correspondence, gaze).
         crop_scale, crop_offset, crop_sigma: see :func:`~neural_renderers.data.crops.stable_crop_boxes`.
         chunk_size: frames per chunk file.
+        storage: ``"uint8"`` or ``"float16"`` (see the module docstring).
         antialias: antialias the silhouettes of the colour render.
         batch: frames rendered together.
     """
@@ -66,6 +73,7 @@ class ConditioningSettings:
     crop_offset: float = 0.02
     crop_sigma: float = 1.5
     chunk_size: int = 64
+    storage: str = "uint8"
     antialias: bool = True
     batch: int = 8
 
@@ -76,6 +84,11 @@ class ConditioningSettings:
         if bad or not self.maps:
             raise ValueError(f"unsupported conditioning maps {bad or list(self.maps)}; choose from "
                              f"{sorted(MAP_CHANNELS)}")
+        if self.storage not in ("uint8", "float16"):
+            raise ValueError(f"storage must be 'uint8' or 'float16', got {self.storage!r}")
+        need = sorted(FLOAT16_MAPS.intersection(self.maps))
+        if need and self.storage != "float16":
+            raise ValueError(f"maps {need} need storage='float16' (uint8 holds values in [0, 1] at 1/255 steps)")
         if self.chunk_size < 1 or self.batch < 1:
             raise ValueError(f"chunk_size and batch must be >= 1, got {self.chunk_size}, {self.batch}")
 
@@ -137,13 +150,30 @@ class ConditioningRenderer:
         out = self.model(expression=T(expression).reshape(B, -1))
         maps = conditioning_maps(self.model, out, cam, T(rotation), T(translation), sh=T(sh).reshape(B, 9, 3),
                                  albedo=self.albedo, maps=self.settings.maps, antialias=self.settings.antialias)
-        return torch.cat([maps[m].clamp(0, 1) for m in self.settings.maps], -1)
+        parts = []
+        for m in self.settings.maps:
+            x = maps[m]
+            if m == "uv_tile":
+                x = x + 1  # 0 = background, k + 1 = UDIM tile k
+            parts.append(x.to(torch.float32))
+        return torch.cat(parts, -1)
 
 
-def quantize(maps: torch.Tensor) -> np.ndarray:
-    """Float maps in [0, 1] -> the cache's uint8 (``round(255 x)``); inference quantises the same way, so a network
-    sees at test time exactly the values it was trained on."""
-    return (maps.detach().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+def quantize(maps: torch.Tensor, storage: str = "uint8") -> np.ndarray:
+    """Float maps -> the cache's storage: uint8 ``round(255 clamp(x, 0, 1))`` or float16. Inference quantises the
+    same way, so a network sees at test time exactly the values it was trained on."""
+    if storage == "uint8":
+        return (maps.detach().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    if storage == "float16":
+        return maps.detach().cpu().numpy().astype(np.float16)
+    raise ValueError(f"storage must be 'uint8' or 'float16', got {storage!r}")
+
+
+def dequantize(arr: np.ndarray) -> np.ndarray:
+    """The cache's uint8 (``/ 255``) or float16 values as float32."""
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    return arr.astype(np.float32)
 
 
 def render_conditioning(model, track, settings: ConditioningSettings, boxes: CropBoxes, *, expression=None,
@@ -234,7 +264,7 @@ class ConditioningCache:
         return arr
 
     def read(self, kind: str, frame: int) -> np.ndarray:
-        """``(S, S, C)`` uint8 of one frame; ``kind`` is ``"cond"`` or ``"real"``."""
+        """``(S, S, C)`` of one frame as stored (uint8 / float16); ``kind`` is ``"cond"`` or ``"real"``."""
         cs = int(self.meta["settings"]["chunk_size"])
         return np.asarray(self._chunk(kind, frame // cs)[frame % cs])
 
@@ -295,7 +325,7 @@ def build_cache(source: TrackedVideo, model, settings: ConditioningSettings, *,
         bar = tqdm(total=N, initial=start_chunk * cs, unit="frame", desc="conditioning")
     t0 = time.perf_counter()
     reader = VideoReader(source.video)
-    cond = np.zeros((cs, S, S, C), np.uint8)
+    cond = np.zeros((cs, S, S, C), np.uint8 if settings.storage == "uint8" else np.float16)
     real = np.zeros((cs, S, S, 3), np.uint8)
     pending: list = []
 
@@ -305,7 +335,7 @@ def build_cache(source: TrackedVideo, model, settings: ConditioningSettings, *,
         if ok.size:
             maps = renderer(track.expression[ok], track.rotation[ok], track.translation[ok], track.sh[ok],
                             boxes.centre[ok], boxes.side[ok])
-            cond[ok % cs] = quantize(maps)
+            cond[ok % cs] = quantize(maps, settings.storage)
         bad = idx[~valid[idx]]
         cond[bad % cs] = 0
         pending.clear()

@@ -3,7 +3,8 @@
 :class:`WindowDataset` serves one tracked video; :func:`multi_video_dataset` concatenates several (each sample
 carries the index of its video as ``identity``). A sample is a dict::
 
-    "condition": (S, S, N * C) float32 in [0, 1]   the space-time window of conditioning maps
+    "condition": (S, S, N * C) float32             the space-time window of conditioning maps (in [0, 1] for
+                                                   uint8 caches)
     "image":     (S, S, 3)     float32 in [0, 1]   the real crop of the current frame
     "identity":  ()            int64               which video
     "frame":     ()            int64               the current frame's index in its video
@@ -25,7 +26,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from ..errors import DatasetError
-from .cache import ConditioningCache
+from .cache import ConditioningCache, dequantize
 
 __all__ = ["WindowDataset", "window_indices", "split_frames", "multi_video_dataset"]
 
@@ -104,8 +105,8 @@ class WindowDataset(Dataset):
         cond = np.concatenate([self.cache.read("cond", int(j)) for j in self.windows[t]], -1)
         real = self.cache.read("real", t)
         return {
-            "condition": torch.from_numpy(cond.astype(np.float32) / 255.0),
-            "image": torch.from_numpy(real.astype(np.float32) / 255.0),
+            "condition": torch.from_numpy(dequantize(cond)),
+            "image": torch.from_numpy(dequantize(real)),
             "identity": torch.tensor(self.identity, dtype=torch.int64),
             "frame": torch.tensor(t, dtype=torch.int64),
         }

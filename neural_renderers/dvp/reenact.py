@@ -33,7 +33,7 @@ from facerender.reenact.common import (FrameSource, SeamMeter, actor_neutral, ch
                                        transfer_expression)
 
 from ..data import ConditioningCache, ConditioningRenderer, ConditioningSettings, TrackedVideo, \
-    crop_boxes_from_pose, crop_reference, quantize
+    crop_boxes_from_pose, crop_reference, dequantize, quantize
 from ..errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ def dvp_reenact(run: PathLike, source: PathLike, target: Optional[PathLike], out
     side = (VideoWriter(out / "side_by_side.mp4", fps=fps, audio_from=audio, crf=cfg.crf, preset=cfg.preset)
             if cfg.side_by_side else None)
     W = c.window
-    history: Optional[np.ndarray] = None  # the last W - 1 conditioning frames (uint8)
+    history: Optional[np.ndarray] = None  # the last W - 1 conditioning frames (as the cache stores them)
     t_loop = time.perf_counter()
     try:
         for k0 in range(0, N, cfg.batch):
@@ -270,14 +270,14 @@ def dvp_reenact(run: PathLike, source: PathLike, target: Optional[PathLike], out
             with torch.no_grad():
                 maps = renderer(expr[k0:k1], rot[k0:k1], trans[k0:k1], sh[k0:k1], boxes.centre[k0:k1],
                                 boxes.side[k0:k1])
-            q = quantize(maps)
+            q = quantize(maps, settings.storage)
             seq = q if history is None else np.concatenate([history, q], 0)
             offset = 0 if history is None else len(history)
             idx = np.arange(k1 - k0)[:, None] + offset - (W - 1) + np.arange(W)[None]
             windows = seq[np.clip(idx, 0, None)]  # (b, W, S, S, C): oldest first, current last
             b = k1 - k0
-            cond = torch.from_numpy(np.ascontiguousarray(windows.transpose(0, 2, 3, 1, 4)).reshape(
-                b, c.size, c.size, -1).astype(np.float32) / 255.0).to(dev)
+            cond = torch.from_numpy(dequantize(np.ascontiguousarray(windows.transpose(0, 2, 3, 1, 4)).reshape(
+                b, c.size, c.size, -1))).to(dev)
             history = seq[-(W - 1):] if W > 1 else None
             timer["conditioning"] += time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -301,7 +301,8 @@ def dvp_reenact(run: PathLike, source: PathLike, target: Optional[PathLike], out
                 timer["encode"] += time.perf_counter() - t0
                 if k in cfg.stills:
                     still_paths.append(write_image(stills_dir / f"frame{k:05d}_conditioning.png",
-                                                   q[j][..., :3]))
+                                                   (np.clip(dequantize(q[j][..., :3]), 0, 1) * 255 + 0.5)
+                                                   .astype(np.uint8)))
                     still_paths.append(write_image(stills_dir / f"frame{k:05d}_network.png",
                                                    (crops[j] * 255 + 0.5).astype(np.uint8)))
                     still_paths.append(write_image(stills_dir / f"frame{k:05d}_result.png", result))
