@@ -3,6 +3,7 @@ closed-form map, the datasets and the synthetic check whose answer is known."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -477,6 +478,54 @@ def test_dataset_context_stays_in_its_split():
     t = frame_times(100, 25)
     ref = frame_windows(clip.features, t, 100.0, 16, clip.pad_value)
     np.testing.assert_array_equal(clip.all_windows(), ref)
+
+
+def test_load_speech_tracks_splits_and_cuts(tmp_path, monkeypatch):
+    pytest.importorskip("av")
+    import json
+    import types
+
+    import facerender.tracking
+    from neural_renderers.nvp import load_speech_tracks
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):  # 2-s "clips" (audio files stand in for videos)
+        _write_wav(tmp_path / f"{name}.wav", 0.1 * rng.standard_normal(32000), 16000, "mono")
+    tracks = {"spk1.npz": np.arange(100 * 53, dtype=np.float32).reshape(100, 53),  # clips a + b concatenated
+              "spk2.npz": np.ones((50, 53), np.float32)}
+
+    def fake_load_track(path):
+        e = tracks[Path(path).name]
+        return types.SimpleNamespace(expression=e, face_found=np.ones(len(e), bool),
+                                     has_flag=lambda name: np.zeros(len(e), bool))
+
+    monkeypatch.setattr(facerender.tracking, "load_track", fake_load_track)
+    manifest = {"data": str(tmp_path), "fps": 25.0, "speakers": {
+        "spk1": {"track": "spk1.npz", "clips": [{"name": "a", "video": "a.wav", "start": 0, "frames": 50,
+                                                 "heldout_from": 50},
+                                                {"name": "b", "video": "b.wav", "start": 50, "frames": 50,
+                                                 "heldout_from": 0}]},
+        "spk2": {"track": "spk2.npz", "clips": [{"name": "c", "video": "c.wav", "start": 0, "frames": 50,
+                                                 "heldout_from": 40}]}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    train, names = load_speech_tracks(tmp_path, "train")
+    assert names == ["spk1", "spk2"] and [(c.name, c.identity, c.start, c.stop) for c in train] == \
+        [("a", 0, 0, 50), ("c", 1, 0, 40)]
+    np.testing.assert_array_equal(train[0].expression, tracks["spk1.npz"][:50])
+    assert train[0].features.shape == (200, 80)
+    # the 3 frames on each side of the cut between a and b are not targets; nothing else is dropped
+    np.testing.assert_array_equal(np.flatnonzero(~train[0].valid), [47, 48, 49])
+    held, _ = load_speech_tracks(tmp_path, "heldout")
+    assert [(c.name, c.start, c.stop) for c in held] == [("b", 0, 50), ("c", 40, 50)]
+    np.testing.assert_array_equal(np.flatnonzero(~held[0].valid), [0, 1, 2])
+    np.testing.assert_array_equal(held[0].expression, tracks["spk1.npz"][50:])
+    assert held[1].valid.all()
+    ds = FrameSequenceDataset(train)
+    assert len(ds) == 47 + 40
+    with pytest.raises(ValueError, match="not in"):
+        load_speech_tracks(tmp_path, "train", speakers=["nobody"])
+    with pytest.raises(ValueError, match="split"):
+        load_speech_tracks(tmp_path, "test")
 
 
 def test_synthetic_pipeline_learns_the_known_map():

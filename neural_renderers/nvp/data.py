@@ -173,7 +173,7 @@ def collate(items: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]
 # ------------------------------------------------------------------------------------------------ speech tracks
 def load_speech_tracks(tracks_dir: PathLike, split: str = "train", config: MelConfig = MelConfig(),
                        speakers: Optional[Sequence[str]] = None, data_dir: Optional[PathLike] = None,
-                       window_steps: int = WINDOW_STEPS, features: str = "log_mel"
+                       window_steps: int = WINDOW_STEPS, features: str = "log_mel", cut_margin: int = 3
                        ) -> Tuple[List[ClipData], List[str]]:
     """The clips of ``tracks_dir/manifest.json`` (from ``benchmarks/prepare_speech_tracks.py``) for one split.
 
@@ -183,6 +183,9 @@ def load_speech_tracks(tracks_dir: PathLike, split: str = "train", config: MelCo
         data_dir: the speech data folder (default: the one in the manifest). window_steps: ``W``.
         features: ``"log_mel"`` (:func:`facerender.audio.compute_features` with ``config``) or ``"phones"``
             (:func:`facerender.audio.phone_features`, needs pocketsphinx).
+        cut_margin: in a track of concatenated clips (GRID s1), the frames within ``cut_margin`` of a cut are not
+            targets: the tracker's landmark smoother (5 frames of look-ahead) and its temporal prior carry the face
+            across the cut (at the cuts the expression changes 2x more per frame than elsewhere, over 2-3 frames).
 
     Returns:
         ``(clips, speaker_names)``; a clip's ``identity`` indexes ``speaker_names``. Frames without a tracked face
@@ -213,6 +216,10 @@ def load_speech_tracks(tracks_dir: PathLike, split: str = "train", config: MelCo
         track = load_track(tracks_dir / entry["track"])
         expr_all = np.asarray(track.expression, np.float32)
         face = np.asarray(track.face_found, bool) & ~track.has_flag("nan_replaced")
+        for c in entry["clips"]:
+            for cut in (int(c["start"]), int(c["start"]) + int(c["frames"])):
+                if 0 < cut < expr_all.shape[0] and cut_margin > 0:
+                    face[max(cut - cut_margin, 0):cut + cut_margin] = False
         for c in entry["clips"]:
             s0, n = int(c["start"]), int(c["frames"])
             if s0 + n > expr_all.shape[0]:
