@@ -18,6 +18,8 @@ import logging
 import sys
 import time
 
+from .cli_support import nonnegative_int, positive_int  # argparse types; no torch
+
 log = logging.getLogger(__name__)
 
 MODEL_HELP = ("face model: 'ict-facekit' (default), a name converted with 'facerender model convert', or a model "
@@ -36,8 +38,8 @@ def _load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contours", default=None, help="eos model_contours.json (jaw contours)")
     p.add_argument("--blendshapes", default=None, help="eos expression blendshape file (.bin)")
     p.add_argument("--masks", default=None, help="FLAME_masks.pkl (regions)")
-    p.add_argument("--n-identity", type=int, default=None, help="identity / shape components kept")
-    p.add_argument("--n-expression", type=int, default=None, help="expression components kept")
+    p.add_argument("--n-identity", type=positive_int, default=None, help="identity / shape components kept")
+    p.add_argument("--n-expression", type=positive_int, default=None, help="expression components kept")
 
 
 def load_options(args) -> dict:
@@ -147,12 +149,19 @@ def cmd_info(args, fallback) -> int:
 
 
 def cmd_convert(args) -> int:
-    from morphable_models.store import convert_model, models_dir
+    from morphable_models.store import check_name, convert_model, models_dir
+
+    from .errors import UsageError
+
+    try:
+        check_name(args.name)  # before the (long) conversion
+    except ValueError as e:
+        raise UsageError(f"--name: {e}") from None
+    from .errors import OutputError
 
     dest = models_dir(args.home) / args.name
     if dest.exists() and not args.force:
-        print(f"facerender: error: {dest} exists; pass --force to replace it", file=sys.stderr)
-        return 1
+        raise OutputError(f"{dest} exists; pass --force to replace it")
     t = time.perf_counter()
     out = convert_model(args.source, args.name, args.home, **_apply_counts(args.source, load_options(args),
                                                                           args.home))
@@ -186,6 +195,8 @@ def cmd_build_multilinear(args) -> int:
 def add_model_commands(msub, info_parser, info_fallback) -> None:
     """Register ``convert`` and ``build-multilinear`` under ``facerender model`` and give ``info`` a MODEL
     argument (``info_fallback(args)`` keeps the ICT-FaceKit summary when none is given)."""
+    from .cli_support import int_in
+
     info_parser.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     _load_options(info_parser)
     info_parser.set_defaults(func=lambda args: cmd_info(args, info_fallback))
@@ -195,13 +206,13 @@ def add_model_commands(msub, info_parser, info_fallback) -> None:
     pc.add_argument("--name", required=True, help="name to use with --model")
     pc.add_argument("--force", action="store_true", help="replace an existing model of that name")
     _load_options(pc)
-    pc.set_defaults(func=cmd_convert)
+    pc.set_defaults(func=cmd_convert, writes_home=True)
 
     pb = msub.add_parser("build-multilinear",
                          help="build a multilinear (Tucker) identity x expression model from ICT-FaceKit (HOSVD)")
     pb.add_argument("--name", default="ict-multilinear", help="name to use with --model")
-    pb.add_argument("--ranks", type=int, nargs=2, default=(60, 30), metavar=("R_ID", "R_EXP"),
+    pb.add_argument("--ranks", type=positive_int, nargs=2, default=(60, 30), metavar=("R_ID", "R_EXP"),
                     help="identity and expression modes kept (ICT has 101 and 54)")
-    pb.add_argument("--vertex-rank", type=int, default=None, help="vertex modes kept (default all: 154)")
-    pb.add_argument("--hooi", type=int, default=0, help="HOOI refinement iterations after the HOSVD")
-    pb.set_defaults(func=cmd_build_multilinear)
+    pb.add_argument("--vertex-rank", type=positive_int, default=None, help="vertex modes kept (default all: 154)")
+    pb.add_argument("--hooi", type=nonnegative_int, default=0, help="HOOI refinement iterations after the HOSVD")
+    pb.set_defaults(func=cmd_build_multilinear, writes_home=True)

@@ -13,8 +13,9 @@ coordinates in an orthonormal basis ``Q (3V, 154)`` of that span (exact) and ``U
 
 **Coefficients** seen by the rest of the package (``identity (K_id = R_id)``, ``expression (K_exp = R_exp)``) are
 whitened offsets from the neutral rows: ``w_id = U_id[neutral] + sigma_id * identity``, ``w_exp = U_exp[neutral] +
-sigma_exp * expression``, with ``sigma`` the RMS spread of the data rows around the neutral row per mode, so zeros
-give the neutral face and coefficients are about standard-normal.
+sigma_exp * expression``, with ``sigma_j^2 = sum_rows (U[row, j] - U[neutral, j])^2`` (the diagonal of the mode-space
+covariance of ICT's standard-normal identities; one unit per blendshape for the expression), so zeros give the
+neutral face and the identity coefficients are about standard-normal.
 
 **Fitting** (facerender.fitting.relinearize) uses :meth:`TuckerFaceModel.linearize`: for a fixed expression the
 model is exactly linear in the identity (and vice versa), so the alternating fit solves exact linear problems
@@ -89,13 +90,16 @@ class TuckerFaceModel(nn.Module):
         faces ``(F, 3)``; uvs, faces_uv, landmarks, regions: as :class:`LinearFaceModel`.
         identity_rows ``(N_id, R_id)``, expression_rows ``(N_exp, R_exp)``: the data's mode weights (kept for
         :meth:`expression_from_blendshapes` and reconstruction checks), expression_row_names: their names.
+        expression_lower, expression_upper ``(R_exp,)``: the fitter's bounds on the expression coefficients
+        (default +-``expression_bound``).
     """
 
     def __init__(self, vertex_factor, core, identity_mean, identity_scale, expression_mean, expression_scale, faces,
                  *, uvs=None, faces_uv=None, landmarks: Optional[Mapping[str, LandmarkEmbedding]] = None,
                  regions: Optional[Mapping[str, Region]] = None, identity_rows=None, expression_rows=None,
                  expression_row_names: Sequence[str] = (), name: str = "multilinear", license: str = "",
-                 dtype: torch.dtype = torch.float32, expression_bound: float = 4.0, extra: Optional[dict] = None):
+                 dtype: torch.dtype = torch.float32, expression_bound: float = 4.0, expression_lower=None,
+                 expression_upper=None, extra: Optional[dict] = None):
         super().__init__()
 
         def T(x):
@@ -122,6 +126,12 @@ class TuckerFaceModel(nn.Module):
                                                                                                   dtype=np.int64)))
         self.register_buffer("identity_rows", T(identity_rows))
         self.register_buffer("expression_rows", T(expression_rows))
+        lo = np.full(R_ex, -float(expression_bound)) if expression_lower is None else np.asarray(expression_lower)
+        hi = np.full(R_ex, float(expression_bound)) if expression_upper is None else np.asarray(expression_upper)
+        if lo.shape != (R_ex,) or hi.shape != (R_ex,):
+            raise ShapeError(f"expression_lower/upper must be ({R_ex},), got {lo.shape} and {hi.shape}")
+        self.register_buffer("expression_lower", T(lo))
+        self.register_buffer("expression_upper", T(hi))
         self.expression_row_names = tuple(expression_row_names)
         self.landmarks: Dict[str, LandmarkEmbedding] = dict(landmarks or {})
         self.regions: Dict[str, Region] = dict(regions or {})
@@ -248,12 +258,10 @@ class TuckerFaceModel(nn.Module):
             B_ex = (Uv @ M_ex).T.reshape(self.num_expression, -1, 3)
             V0 = self.vertices_from_weights(w_id, w_exp)[0]
             template = V0 - torch.einsum("k,kvc->vc", a0[0], B_id) - torch.einsum("k,kvc->vc", d0[0], B_ex)
-        K_ex = self.num_expression
         return LinearFaceModel(
             template.to(dt), self.faces, B_id.to(dt), B_ex.to(dt), identity_names=self.identity_names,
             expression_names=self.expression_names, expression_kind="pca",
-            expression_lower=np.full(K_ex, -self.expression_bound), expression_upper=np.full(K_ex,
-                                                                                              self.expression_bound),
+            expression_lower=self.expression_lower, expression_upper=self.expression_upper,
             uvs=self.uvs, faces_uv=self.faces_uv, landmarks=self.landmarks, regions=self.regions,
             name=self.name + "[linearized]", license=self.license, units="cm", dtype=dt,
             extra={**{k: v for k, v in self.extra.items() if isinstance(k, str)},
@@ -274,6 +282,7 @@ class TuckerFaceModel(nn.Module):
             regions=sub.regions, identity_rows=self.identity_rows, expression_rows=self.expression_rows,
             expression_row_names=self.expression_row_names, name=f"{self.name}[{sub.name.split('[')[-1]}",
             license=self.license, dtype=self.dtype, expression_bound=self.expression_bound,
+            expression_lower=self.expression_lower.cpu().numpy(), expression_upper=self.expression_upper.cpu().numpy(),
             extra={**self.extra, "parent_vertex_ids": sub.extra["parent_vertex_ids"]})
 
 
@@ -328,17 +337,23 @@ def build_from_ict(ict_model: LinearFaceModel, ranks: Tuple[Optional[int], int, 
     R_v = S if ranks[0] is None else int(ranks[0])
     core, (Us, Ui, Ue) = hosvd(d.coords, (R_v, int(ranks[1]), int(ranks[2])), hooi_iterations)
     Uv = d.Q @ Us
-    # whitening around the neutral rows
+    # whitening around the neutral rows: ICT's identity coefficients are standard-normal, alpha -> w_id = row[0] +
+    # sum_k alpha_k (row[k] - row[0]) has covariance sum_k d_k d_k^T, whose diagonal sets the scale (likewise one unit
+    # per blendshape for the expression)
     i_mean, e_mean = Ui[0].copy(), Ue[0].copy()
-    i_scale = np.sqrt(((Ui - i_mean) ** 2).mean(0))
-    e_scale = np.sqrt(((Ue - e_mean) ** 2).mean(0))
+    i_scale = np.sqrt(((Ui - i_mean) ** 2).sum(0))
+    e_scale = np.sqrt(((Ue - e_mean) ** 2).sum(0))
     i_scale[i_scale < 1e-12] = 1.0
     e_scale[e_scale < 1e-12] = 1.0
+    # the fitter's expression bounds: the bounding box of the image of ICT's blendshape box [0, 1]^53 under
+    # w_exp = row[neutral] + sum_e weight_e (row[e] - row[neutral]) (so ICT's own expression space fits inside)
+    delta = (Ue[1:] - e_mean) / e_scale
+    lower, upper = np.minimum(delta, 0).sum(0), np.maximum(delta, 0).sum(0)
     return TuckerFaceModel(
         Uv, core, i_mean, i_scale, e_mean, e_scale, ict_model.faces.cpu().numpy(), uvs=ict_model.uvs,
         faces_uv=ict_model.faces_uv, landmarks=ict_model.landmarks, regions=ict_model.regions, identity_rows=Ui,
         expression_rows=Ue, expression_row_names=d.expression_names, name=name, license=ict_model.license,
-        dtype=dtype,
+        dtype=dtype, expression_lower=lower, expression_upper=upper,
         extra={"format": "multilinear", "built_from": ict_model.name, "ranks": [R_v, int(ranks[1]), int(ranks[2])],
                "hooi_iterations": hooi_iterations, "data_shape": [3 * ict_model.num_vertices, N_id, N_exp]})
 

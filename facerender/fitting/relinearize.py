@@ -63,6 +63,25 @@ class RelinearizedFit:
     seconds: float = 0.0
 
 
+def _landmark_submodel(model):
+    """For models that can be restricted (the Tucker model), the model on the vertices a landmark fit reads: the 68
+    points, the jaw polylines and the sliding contour's candidates (found on the neutral face). Restricting does not
+    change the landmark energy; it makes each re-linearisation cost hundreds of rows instead of the whole head."""
+    if not hasattr(model, "submodel") or getattr(model, "num_vertices", 0) < 2000:
+        return model
+    from morphable_models import Region
+
+    from .energies import contour_candidate_lines
+
+    with torch.no_grad():
+        neutral = LinearFaceModel(model().vertices[0], model.faces, landmarks=model.landmarks, regions=model.regions,
+                                  expression_kind="pca")
+    lines, valid, _, _ = contour_candidate_lines(neutral)
+    ids = np.unique(np.concatenate([lines[valid]] + [model.landmarks[k].vertex_index for k in
+                                                     ("ibug68", "jawline_right_extended", "jawline_left_extended")]))
+    return model.submodel(Region.from_vertices("landmark_fit", ids, model.faces.cpu().numpy()))
+
+
 def _native(model, identity: torch.Tensor, expression: torch.Tensor) -> Dict[str, list]:
     if hasattr(model, "split_expression"):
         parts = model.split_expression(expression.to(model.dtype))
@@ -115,6 +134,8 @@ def fit_landmarks_relinearized(model, landmarks: torch.Tensor, image_size, confi
         raise ValueError(f"mode must be 'joint' or 'alternating', got {mode!r}")
     t0 = time.perf_counter()
     cfg = config or LandmarkFitConfig()
+    full = model
+    model = _landmark_submodel(model)
     lin = model.linearize(identity, expression)
     dt = lin.dtype
     a = torch.zeros(1, lin.num_identity, dtype=dt) if identity is None else identity.to(dt).reshape(1, -1)
@@ -150,8 +171,10 @@ def fit_landmarks_relinearized(model, landmarks: torch.Tensor, image_size, confi
         lin = model.linearize(a, d)
         if step < tol or (len(history) > 1 and history[-2]["energy"] - energy < rtol * history[-2]["energy"]):
             break
-    cm, px = _errors(model, lin, a, d, res.rotation, res.translation, res.focal, res.principal_point)
-    return RelinearizedFit(res, lin, n, history, cm, px, _native(model, a, d), time.perf_counter() - t0)
+    if model is not full:
+        lin = full.linearize(a, d)
+    cm, px = _errors(full, lin, a, d, res.rotation, res.translation, res.focal, res.principal_point)
+    return RelinearizedFit(res, lin, n, history, cm, px, _native(full, a, d), time.perf_counter() - t0)
 
 
 def fit_image_relinearized(model, image, *, landmarks=None, box: Optional[Sequence[float]] = None,
