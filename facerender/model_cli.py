@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 
 from .cli_support import nonnegative_int, positive_int  # argparse types; no torch
@@ -195,8 +194,6 @@ def cmd_build_multilinear(args) -> int:
 def add_model_commands(msub, info_parser, info_fallback) -> None:
     """Register ``convert`` and ``build-multilinear`` under ``facerender model`` and give ``info`` a MODEL
     argument (``info_fallback(args)`` keeps the ICT-FaceKit summary when none is given)."""
-    from .cli_support import int_in
-
     info_parser.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     _load_options(info_parser)
     info_parser.set_defaults(func=lambda args: cmd_info(args, info_fallback))

@@ -65,7 +65,8 @@ def _require_h5py(where: str):
     try:
         import h5py
     except ImportError as e:  # pragma: no cover - h5py is in the 'models' extra
-        raise ModelFileError(f"{where}: reading HDF5 files needs h5py: pip install 'facerender[models]' ({e})") from None
+        raise ModelFileError(f"{where}: reading HDF5 files needs h5py: pip install 'facerender[models]' "
+                             f"({e})") from None
     return h5py
 
 

@@ -230,7 +230,8 @@ def derive_regions(template: np.ndarray, faces: np.ndarray, reg: Registration, i
         if name in ict_model.regions:
             ids = np.nonzero(near & (share(name) > 0.5))[0]
             if ids.size >= min_vertices:
-                out[name] = Region.from_vertices(name, ids, faces, f"derived from ICT-FaceKit's {name!r} (vertex votes)")
+                out[name] = Region.from_vertices(name, ids, faces,
+                                                 f"derived from ICT-FaceKit's {name!r} (vertex votes)")
     e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
     adj = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(V, V))
     n_comp, comp = connected_components(adj, directed=False)

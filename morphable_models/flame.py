@@ -43,7 +43,7 @@ import logging
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -568,7 +568,6 @@ class FlameModel(nn.Module):
               else expression.detach().to(work).reshape(1, Ke + Kp))
         dev = self.device
         b0, x0 = b0.to(dev), x0.to(dev)
-        V = self.num_vertices
         with torch.no_grad():
             V0 = m.evaluate_linear_coefficients(b0, x0)[0]
             Jsh, Jex0 = m._blend_jacobian(x0)
@@ -705,7 +704,8 @@ def load_flame(
         snap = np.linalg.norm(v[lms["ibug68"].vertex_index] * s - P, axis=1)
         info["snap_distance_cm"] = [round(float(snap.mean()), 4), round(float(snap.max()), 4)]
     extra = {"source_file": where, "format": "flame", "file_units": unit, "annotations": info,
-             "chumpy_classes": chumpy, "winding_flipped": flipped, "landmark_file": str(landmarks) if landmarks else None,
+             "chumpy_classes": chumpy, "winding_flipped": flipped,
+             "landmark_file": str(landmarks) if landmarks else None,
              "mask_file": str(masks) if masks else None, "components_in_file": [n_s_file, n_total - n_s_file]}
     return FlameModel(v * s, sd[:, :, :ks] * s, sd[:, :, n_s_file:n_s_file + ke] * s, pd * s, Jr, parents, w, faces,
                       landmarks=lms, regions=regs, name="flame", dtype=dtype, extra=extra,

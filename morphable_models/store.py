@@ -25,7 +25,7 @@ import math
 import os
 import zipfile
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -123,8 +123,8 @@ def detect_format(path: PathLike) -> str:
         return "eos"
     if head[4:8] == b"\0\0\0\0" and 0 < int(np.frombuffer(head[:8], "<u8")[0]) < 1 << 16:
         return "eos-blendshapes"
-    raise ModelFileError(f"{p}: unknown model format (starts with {head[:16]!r}); supported: BFM 2009 / Deep3DFaceRecon "
-                         f".mat, BFM 2017 .h5, FLAME .pkl, eos/Surrey .bin, converted models")
+    raise ModelFileError(f"{p}: unknown model format (starts with {head[:16]!r}); supported: BFM 2009 / "
+                         f"Deep3DFaceRecon .mat, BFM 2017 .h5, FLAME .pkl, eos/Surrey .bin, converted models")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -398,7 +398,8 @@ def load_saved(folder: PathLike, *, dtype: torch.dtype = torch.float32):
                                    expression_row_names=meta.get("expression_row_names", ()), name=meta["name"],
                                    license=meta.get("license", ""), dtype=dtype,
                                    expression_bound=meta.get("expression_bound", 4.0),
-                                   expression_lower=a.get("expression_lower"), expression_upper=a.get("expression_upper"),
+                                   expression_lower=a.get("expression_lower"),
+                                   expression_upper=a.get("expression_upper"),
                                    extra=extra)
     except KeyError as e:
         raise ModelFileError(f"{d}: model.npz lacks {e}; convert it again") from None

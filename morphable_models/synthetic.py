@@ -165,7 +165,6 @@ def write_bfm2017(path: PathLike, mean_cm, pcs, std_cm, faces, *, expression=Non
     ``color`` are ``(mean (N, 3), pcs (3N, K), std (K,))`` (expression in cm, colour in 0..1)."""
     import h5py
 
-    N = len(mean_cm)
     cells = (np.asarray(faces, dtype=np.int64) + (1 if one_based else 0)).T.astype(np.uint32)
     with h5py.File(path, "w") as f:
         def group(name, mean, pc, std, scale):

@@ -113,7 +113,8 @@ def _errors(model, lin: LinearFaceModel, identity, expression, rotation=None, tr
 
 def fit_landmarks_relinearized(model, landmarks: torch.Tensor, image_size, confidence=None,
                                config: Optional[LandmarkFitConfig] = None, *, focal=None, rounds: int = 6,
-                               mode: str = "joint", tol: float = 0.01, rtol: float = 0.01, identity: Optional[torch.Tensor] = None,
+                               mode: str = "joint", tol: float = 0.01, rtol: float = 0.01,
+                               identity: Optional[torch.Tensor] = None,
                                expression: Optional[torch.Tensor] = None) -> RelinearizedFit:
     """Fit pose and coefficients of a nonlinear model to 68 landmarks of ONE image by re-linearisation.
 
