@@ -1,0 +1,55 @@
+"""Evaluation of reenactment outputs: identity (CSIM), expression, pose (P_T), image (PSNR / SSIM) and temporal
+(seam flicker, faceless frames) figures, as pure functions and one video-level :func:`evaluate`.
+
+    >>> from facerender.metrics import evaluate
+    >>> ev = evaluate("source.mp4", "target.mp4", "result.mp4")      # or the CLI: facerender evaluate ...
+    >>> print(ev.table())
+
+See docs/evaluation.md. Importing this package does not import dlib.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "psnr": "image",
+    "ssim": "image",
+    "csim": "identity",
+    "identity_distance": "identity",
+    "interocular": "landmarks",
+    "lip_opening": "landmarks",
+    "pearson": "landmarks",
+    "pose_error": "landmarks",
+    "align_scale_shift": "landmarks",
+    "ExpressionFit": "expression",
+    "fit_expressions": "expression",
+    "blendshape_distance": "expression",
+    "neutral_relative": "expression",
+    "action_units": "expression",
+    "au_agreement": "expression",
+    "SeamConfig": "temporal",
+    "SeamFlicker": "temporal",
+    "SeamMeter": "temporal",
+    "seam_flicker": "temporal",
+    "EvaluateConfig": "video",
+    "Evaluation": "video",
+    "evaluate": "video",
+    "match_frames": "video",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'facerender.metrics' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)
