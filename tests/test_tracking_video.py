@@ -19,6 +19,7 @@ from conftest import IN_CI
 from facerender.errors import NoFaceError, VideoError
 from facerender.io import VideoReader, VideoWriter, read_image
 from facerender.landmarks import read_ljson
+from facerender.tracking.facebox import landmark_agreement
 from facerender.tracking.video import (
     STATE_DIR,
     TrackConfig,
@@ -314,8 +315,21 @@ def test_faceless_stretch_and_reentry(tmp_path, gap_video, ict_model):
     assert tr.has_flag("redetected")[15] and tr.status[15] == "detected"
     assert set(tr.status[~expect]) == {"no_face"}
     assert_finite_params(tr)
-    # bridged frames carry the last tracked parameters
-    np.testing.assert_array_equal(tr.translation[7:15], np.repeat(tr.translation[6:7], 8, 0))
+    # the 8 bridged frames (no longer than bridge_max_gap) are interpolated between the solved frames 6 and 15
+    t = (np.arange(1, 9) / 9.0)[:, None]
+    np.testing.assert_allclose(tr.translation[7:15], tr.translation[6] + t * (tr.translation[15] - tr.translation[6]),
+                               atol=1e-5)
+    np.testing.assert_allclose(tr.landmarks_2d[7:15], tr.landmarks_2d[6] + t[:, :, None] * (
+        tr.landmarks_2d[15] - tr.landmarks_2d[6]), atol=1e-4)
+    assert tr.has_flag("interpolated")[7:15].all() and not tr.has_flag("interpolated")[expect].any()
+    assert tr.has_flag("lost")[7:15].all() and res.summary["events"]["lost_frames"] == 8
+    assert res.summary["events"]["interpolated"] == 8
+    # with bridge_max_gap 0 (and for longer gaps) bridged frames carry the last tracked parameters
+    held = load_track(track_video(gap_video, tmp_path / "held", ict_model, TrackConfig(chunk_size=8, bridge_max_gap=0),
+                                  tracker_factory=stub, progress=False, overlay=False).out_dir)
+    np.testing.assert_array_equal(held.translation[7:15], np.repeat(held.translation[6:7], 8, 0))
+    assert not held.has_flag("interpolated").any()
+    np.testing.assert_array_equal(held.translation[expect], tr.translation[expect])
     assert np.isnan(tr.landmarks[~expect]).all() and np.isfinite(tr.landmarks[expect]).all()
     assert np.isnan(tr.energy[~expect]).all()
     # the solver got the detected landmarks smoothed (Whittaker-Henderson, lam 0.5, window 11: 5 frames of delay) per
@@ -651,6 +665,93 @@ def test_render_overlay_from_a_track(tmp_path, gap_video, ict_model):
     assert not (tmp_path / "ov2.mp4").exists()
 
 
+def test_summary_audit_events_and_overlay_marks(tmp_path, gap_video, ict_model):
+    """Every 5th frame the model's landmarks are compared with a fresh detection (frames 0, 5, 15, 20 show a face,
+    frame 10 is noise); the events count the lost and interpolated frames; the overlay marks them in red."""
+    from facerender.tracking.quality import FreshDetector
+
+    res = track_video(gap_video, tmp_path / "out", ict_model, TrackConfig(chunk_size=8), tracker_factory=stub,
+                      progress=False)
+    tr = load_track(res.out_dir)
+    np.testing.assert_array_equal(np.flatnonzero(tr.audit_sampled), [0, 5, 10, 15, 20])
+    np.testing.assert_array_equal(np.isfinite(tr.audit_error), np.isin(np.arange(22), [0, 5, 15, 20]))
+    a = res.summary["audit"]
+    assert (a["sampled"], a["detected"], a["interval"]) == (5, 4, 5)
+    assert a["within"] == pytest.approx(np.mean(tr.audit_error[[0, 5, 15, 20]] <= 0.1))
+    # the stored error is the model landmarks' agreement with a fresh detection of that frame
+    img = [f.image for f in VideoReader(gap_video)][5]
+    want = landmark_agreement(tr.landmarks_2d[5], FreshDetector()(img, tr.landmarks_2d[5]))
+    assert tr.audit_error[5] == pytest.approx(want, rel=1e-5)
+    np.testing.assert_allclose(tr.audit_points_error[5], landmark_agreement(
+        tr.landmarks[5], FreshDetector()(img, tr.landmarks_2d[5])), rtol=1e-5)
+    ev = res.summary["events"]
+    assert ev["lost_frames"] == 8 and ev["interpolated"] == 8 and ev["no_face"] == 8 and ev["redetected"] == 1
+    frames = [f.image for f in VideoReader(res.overlay_path)]
+    assert frames[10][1:3, 100:150].mean(axis=(0, 1))[0] > 180 > 100 > frames[10][1:3, 100:150].mean(axis=(0, 1))[1]
+    assert frames[3][1:3, 100:150, 0].std() > 30  # a tracked frame: no border, the noise background shows
+
+
+class RestartStub(StubTracker):
+    """The stub with the solver's ``restart`` and a PSNR per frame (30 dB, 18 dB on the frames in ``low``)."""
+
+    low = set()
+    restarts = []
+
+    def restart(self):
+        RestartStub.restarts.append(self.n + 1)
+        self.last = None
+
+    def track_frame(self, frame, landmarks, confidence, gaze):
+        res = super().track_frame(frame, landmarks, confidence, gaze)
+        res.psnr = 18.0 if self.n in RestartStub.low else 30.0 + 0.1 * math.sin(self.n)
+        if self.n in RestartStub.restarts:
+            res.flags = res.flags + ["reinitialised"]
+        return res
+
+
+def test_photometric_check_and_solver_restart(tmp_path, lenna, ict_model):
+    """A frame whose PSNR leaves the clip's distribution is flagged and the landmark tracker verifies its next
+    frame; a face that jumps across the frame restarts the solver (``restarted``, then ``reinitialised``)."""
+    rng = np.random.default_rng(3)
+    frames = [face_frame_image(lenna, (192, 256), 110, (10 + (i >= 38) * 120, 20 + (i % 3)), rng) for i in range(46)]
+    v = write_video(tmp_path / "jump.mp4", frames, fps=25)
+    RestartStub.low, RestartStub.restarts = {36}, []
+    res = track_video(v, tmp_path / "out", ict_model, TrackConfig(chunk_size=10), progress=False, overlay=False,
+                      tracker_factory=lambda m, c, s, f: RestartStub(m, c, s, f))
+    tr = load_track(res.out_dir)
+    assert np.flatnonzero(tr.has_flag("photometric_outlier")).tolist() == [35]  # the 36th solve is frame 35
+    assert np.flatnonzero(tr.has_flag("restarted")).tolist() == [38]
+    assert RestartStub.restarts == [39] and tr.has_flag("reinitialised")[38]
+    assert res.summary["events"]["photometric_outliers"] == 1
+    # without the checks (the previous behaviour) nothing is flagged or restarted
+    RestartStub.restarts = []
+    from facerender.tracking.video import legacy_config
+
+    res = track_video(v, tmp_path / "old", ict_model, legacy_config(chunk_size=10), progress=False, overlay=False,
+                      tracker_factory=lambda m, c, s, f: RestartStub(m, c, s, f))
+    tr = load_track(res.out_dir)
+    assert not tr.has_flag("photometric_outlier").any() and not tr.has_flag("restarted").any()
+    assert RestartStub.restarts == []
+
+
+def test_tracks_of_earlier_formats_load(tmp_path, gap_video, ict_model):
+    """params.npz written before the audit (format 3) loads with no audit (sampled False, NaN errors)."""
+    import zipfile
+
+    res = track_video(gap_video, tmp_path / "out", ict_model, tracker_factory=stub, progress=False, overlay=False,
+                      max_frames=8)
+    with np.load(res.params_path) as z:
+        d = {k: z[k] for k in z.files if not k.startswith("audit_") and k != "box"}
+    d["format_version"] = np.int64(3)
+    old = tmp_path / "old.npz"
+    np.savez(old, **d)
+    assert zipfile.is_zipfile(old)
+    tr = load_track(old)
+    assert len(tr) == 8 and not tr.audit_sampled.any() and np.isnan(tr.audit_error).all()
+    assert np.isnan(tr.box).all() and tr.audit_points_error.shape == (8,)
+    np.testing.assert_array_equal(tr.landmarks_2d, load_track(res.out_dir).landmarks_2d)
+
+
 # ---------------------------------------------------------------------------------------------------------- CLI
 def test_cli_track(tmp_path, gap_video, ict_home, monkeypatch, capsys):
     from facerender import cli
@@ -667,7 +768,7 @@ def test_cli_track(tmp_path, gap_video, ict_home, monkeypatch, capsys):
     bad = tmp_path / "bad.mp4"
     bad.write_text("nope")
     rc = cli.main(["--home", str(ict_home), "track", str(bad), "-o", str(tmp_path / "cli2")])
-    assert rc == 1 and "bad.mp4" in capsys.readouterr().err
+    assert rc == 3 and "bad.mp4" in capsys.readouterr().err  # an unusable input (docs/errors.md)
     assert not (tmp_path / "cli2").exists()
     # the smoothing options reach the track (its summary records them); a bad lambda is a clear error
     for opts, want in ((["--smoothing", "savgol"], {"method": "savgol", "window": 5, "order": 2}),
@@ -725,5 +826,6 @@ def test_psnr_summary_splits_keyframes():
     assert s["keyframes"] == pytest.approx(32.5) and s["keyframes_n"] == 2
     assert s["other"] == pytest.approx(22.5) and s["other_n"] == 2
     assert s["other_p10"] == pytest.approx(20.5)
+    assert s["p10"] == pytest.approx(np.percentile([30.0, 20.0, 25.0, 35.0], 10)) and s["median"] == pytest.approx(27.5)
     e = psnr_summary(np.full(3, np.nan), np.arange(3), [])
     assert e["keyframes"] is None and e["other"] is None and e["other_n"] == 0

@@ -7,7 +7,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["render_overlay"]
+__all__ = ["render_overlay", "frame_marks"]
 
 _MAX_AUDIO_BYTES = 64 * 1024 * 1024
 
@@ -34,13 +34,55 @@ def _load_model(model):
     return model
 
 
-def _label(img: np.ndarray, text: str) -> np.ndarray:
+RED, ORANGE, GREEN = (255, 60, 60), (255, 170, 0), (60, 220, 60)
+
+
+def frame_marks(flags, face_found: bool, audit_error: float = float("nan"),
+                audit_sampled: bool = False) -> Tuple[Optional[Tuple[int, int, int]], List[Tuple[str, Tuple]]]:
+    """What the overlay marks on a frame: ``(border colour or None, [(text, colour), ...])``. Red: no usable face
+    (``LOST - interpolated`` / ``LOST - held``, or ``no face (bridged)`` before any face); orange: the track was
+    re-seeded, re-detected or the solver re-initialised, or the photometric check flagged the frame; green: a fresh
+    detection verified the frame. On audited frames the audit error (% of the eye distance, red above 10 %)."""
+    names = set(x for x in str(flags).split(",") if x)
+    lines: List[Tuple[str, Tuple]] = []
+    border = None
+    if not face_found:
+        border = RED
+        if "interpolated" in names:
+            lines.append(("LOST - interpolated", RED))
+        elif "lost" in names or any(x.startswith("lost:") for x in names):
+            lines.append(("LOST - held", RED))
+        else:
+            lines.append(("no face (bridged)", RED))
+    for flag, text in (("reseeded", "re-seeded"), ("redetected", "re-detected"), ("reinitialised", "re-initialised"),
+                       ("photometric_outlier", "photometric outlier")):
+        if flag in names:
+            lines.append((text, ORANGE))
+            border = border or ORANGE
+    if "verified" in names:
+        lines.append(("verified", GREEN))
+        border = border or GREEN
+    if audit_sampled and math.isfinite(float(audit_error)):
+        e = 100.0 * float(audit_error)
+        lines.append((f"audit {e:.1f} %", GREEN if e <= 10.0 else RED))
+    return border, lines
+
+
+def _mark(img: np.ndarray, border, lines) -> np.ndarray:
+    """Draw :func:`frame_marks`' border (4 px) and text lines (top left, on black) into a copy of ``img``."""
+    if border is None and not lines:
+        return img
     from PIL import Image, ImageDraw
 
     im = Image.fromarray(img)
     d = ImageDraw.Draw(im)
-    d.rectangle([0, 0, 7 * len(text) + 6, 14], fill=(0, 0, 0))
-    d.text((3, 2), text, fill=(255, 80, 80))
+    H, W = img.shape[:2]
+    if border is not None:
+        d.rectangle([0, 0, W - 1, H - 1], outline=border, width=4)
+    for k, (text, colour) in enumerate(lines):
+        y = 6 + 15 * k
+        d.rectangle([4, y, 7 * len(text) + 10, y + 14], fill=(0, 0, 0))
+        d.text((7, y + 2), text, fill=colour)
     return np.asarray(im)
 
 
@@ -99,7 +141,7 @@ class _OverlayRenderer:
 
 
 _RECORD_KEYS = ("index", "time", "rotation", "translation", "expression", "sh", "landmarks", "landmarks_2d",
-                "face_found")
+                "face_found", "flags", "audit_error", "audit_sampled")
 
 
 def _records_from_arrays(arrays: Dict[str, np.ndarray]) -> Iterator[Dict[str, Any]]:
@@ -116,7 +158,8 @@ def render_overlay(track: Union[PathLike, Track], video: PathLike, path: PathLik
                    crf: float = 20, preset: str = "veryfast", progress: bool = True,
                    timings: Optional[Dict[str, float]] = None) -> Path:
     """Write the overlay video of a track: each frame with the tracked face rendered over it (``alpha``), the
-    detected landmarks (green) and the model's projected landmarks (red) drawn, and a label on frames without a face.
+    detected landmarks (green) and the model's projected landmarks (red) drawn, and the marks of :func:`frame_marks`
+    (lost, re-seeded, re-initialised, verified frames; the audit error on audited frames).
 
     The video is streamed (frames are never held). The audio of the video is copied when it decodes to less than
     64 MB (longer audio is left out to keep memory bounded). Written atomically; frame times are the video's own.
@@ -188,8 +231,8 @@ def _write_overlay(records: Iterator[Dict[str, Any]], n: int, image_size, video:
             if rec["face_found"]:
                 img = draw_landmarks(img, rec["landmarks"], (0, 255, 0), radius)
             img = draw_landmarks(img, rec["landmarks_2d"], (255, 40, 40), radius)
-            if not rec["face_found"]:
-                img = _label(img, "no face (bridged)")
+            img = _mark(img, *frame_marks(rec["flags"], bool(rec["face_found"]), rec["audit_error"],
+                                          bool(rec["audit_sampled"])))
             t1 = time.perf_counter()
             ts = float(rec["time"])
             if not math.isfinite(ts) or ts <= last_t:

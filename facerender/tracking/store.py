@@ -138,6 +138,10 @@ class _Store:
         packed["__tree__"] = np.array(json.dumps(tree))
         _write_npz(self.state_path(k), packed)
 
+    def rewrite_chunk(self, k: int, arrays: Dict[str, np.ndarray]) -> None:
+        """Replace chunk ``k``'s arrays (atomically; its state file is left as it is)."""
+        _write_npz(self.chunk_path(k), arrays)
+
     def read_chunk(self, k: int) -> Dict[str, np.ndarray]:
         with np.load(self.chunk_path(k), allow_pickle=False) as z:
             return {key: z[key] for key in z.files}

@@ -301,6 +301,14 @@ class FaceTracker:
                                            self._id_model.expression_lower)
         return pred
 
+    def restart(self) -> None:
+        """Forget the motion history: the next frame with a face is initialised from its landmarks (flag
+        ``reinitialised``) instead of being warm-started from a prediction (``track_video`` calls this when the
+        points jumped away from the last model landmarks: a re-seeded or re-detected track, a cut)."""
+        self.history = []
+        self.bridged = 0
+        self._crop = None
+
     def _push(self, values: Dict[str, torch.Tensor]) -> None:
         self.history = (self.history + [{k: v.detach().clone() for k, v in values.items()}])[-2:]
 

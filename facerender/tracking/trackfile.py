@@ -21,7 +21,7 @@ __all__ = ["Track", "load_track", "FORMAT_VERSION"]
 
 #: Version of params.npz and of the chunk store (2: smoothed landmarks, fixed-vertex model landmarks, the smoother's
 #: state in the snapshots; 3: photometric PSNR; 4: the fresh-detection audit and the bridged gaps).
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 
 @dataclass
@@ -39,7 +39,11 @@ class Track:
     model's fixed iBUG-68 vertices (a copy of ``landmarks_2d`` in files written before it existed, or when the
     solver gives none), ``face_found (N,)`` bool, ``status (N,)``
     (``detected`` / ``tracked`` / ``no_face``), ``flags (N,)`` comma-separated strings (also ``flag_bits`` over
-    ``flag_names``), ``energy (N,)`` (NaN where no solve ran), ``solve_ms (N,)``, ``frame_ms (N,)``.
+    ``flag_names``), ``energy (N,)`` (NaN where no solve ran), ``solve_ms (N,)``, ``frame_ms (N,)``,
+    ``audit_sampled (N,)`` bool (a fresh detection was tried on the frame), ``audit_error (N,)`` (the fitted model
+    landmarks' mean distance from that fresh detection over its eye distance; NaN where none was tried or found),
+    ``audit_points_error (N,)`` (the same for the detected points; inf where the tracker had none), ``box (N, 4)``
+    (the predictor's box). Files written before format 4 load with no audit (``audit_sampled`` False, NaN errors).
 
     Per video: ``identity (K_id,)``, ``albedo (V_face, 3)`` or None, ``focal`` px, ``principal_point (2,)`` px,
     ``image_size (H, W)``, ``fps``, ``model_name``, ``expression_names``, ``keyframes`` (frame indices), ``video``.
@@ -80,6 +84,10 @@ class Track:
     gaze_names: Tuple[str, ...]
     keyframes: np.ndarray
     video: str
+    audit_sampled: Optional[np.ndarray] = None
+    audit_error: Optional[np.ndarray] = None
+    audit_points_error: Optional[np.ndarray] = None
+    box: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -105,7 +113,8 @@ class Track:
 _PER_FRAME_KEYS = ("index", "time", "rotation", "translation", "expression", "sh", "gaze", "blink", "eyes_closed",
                    "iris", "iris_confidence", "ear", "landmarks", "landmarks_smoothed", "landmark_confidence",
                    "landmarks_2d", "model_landmarks_2d", "box", "face_found", "status", "flags", "energy", "psnr",
-                   "solve_ms", "frame_ms", "decode_ms", "landmarks_ms", "eyes_ms")
+                   "solve_ms", "frame_ms", "decode_ms", "landmarks_ms", "eyes_ms", "audit_sampled", "audit_error",
+                   "audit_points_error")
 
 
 def load_track(path: PathLike) -> Track:
@@ -131,6 +140,7 @@ def load_track(path: PathLike) -> Track:
             raise ValueError(f"{str(p)!r} is not a facerender track: missing {missing}")
         d = {k: z[k] for k in z.files}
     albedo = d.get("albedo")
+    nan = lambda: np.full(len(d["index"]), np.nan, np.float32)  # noqa: E731
     if albedo is not None and albedo.size == 0:
         albedo = None
     return Track(
@@ -142,7 +152,11 @@ def load_track(path: PathLike) -> Track:
         model_landmarks_2d=d["model_landmarks_2d"] if "model_landmarks_2d" in d else d["landmarks_2d"].copy(),
         face_found=d["face_found"], status=d["status"], flags=d["flags"],
         flag_bits=d["flag_bits"], flag_names=tuple(str(s) for s in d["flag_names"]), energy=d["energy"],
-        psnr=d["psnr"] if "psnr" in d else np.full(len(d["index"]), np.nan, np.float32),
+        psnr=d["psnr"] if "psnr" in d else nan(),
+        audit_sampled=d["audit_sampled"] if "audit_sampled" in d else np.zeros(len(d["index"]), bool),
+        audit_error=d["audit_error"] if "audit_error" in d else nan(),
+        audit_points_error=d["audit_points_error"] if "audit_points_error" in d else nan(),
+        box=d["box"] if "box" in d else np.full((len(d["index"]), 4), np.nan, np.float32),
         solve_ms=d["solve_ms"], frame_ms=d["frame_ms"], identity=d["identity"], albedo=albedo,
         focal=float(d["focal"]), principal_point=d["principal_point"],
         image_size=tuple(int(v) for v in d["image_size"]), fps=float(d["fps"]), model_name=str(d["model_name"]),

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import time
 import zipfile
@@ -54,10 +55,11 @@ from ..io.atomic import atomic_write
 from ..io.video import VideoReader
 from .eyes import (BLINK_NAMES, GAZE_NAMES, EyeConfig, EyeTracker, GazeCalibration, ICT_GAZE_CALIBRATION,
                    eye_aspect_ratio, estimate_open_ear)
-from .facebox import FaceObservation, LandmarkTracker, LandmarkTrackerConfig
+from .facebox import LEGACY_LANDMARKS, FaceObservation, LandmarkTracker, LandmarkTrackerConfig, landmark_agreement
 from .keyframes import _fetch_frames, _keyframe_pass, keyframe_descriptor, select_keyframes
 from .overlay import _load_model, _records_from_store, _write_overlay, render_overlay
-from .quality import _JITTER_SERIES, _JitterAccumulator, landmark_jitter, psnr_summary
+from .quality import (_JITTER_SERIES, BRIDGE_KEYS, FreshDetector, PsnrMonitor, _JitterAccumulator, audit_summary,
+                      find_gaps, interpolate_gap, landmark_jitter, psnr_summary)
 from .smoothing import StreamingLinearSmoother, make_smoother
 from .store import STATE_DIR, _Store, _fingerprint, _settings_hash, _write_json
 from .streams import iter_frames as _frames, progress_bar as _progress
@@ -71,11 +73,21 @@ PathLike = Union[str, os.PathLike]
 # names below stay importable from here.
 __all__ = ["TrackConfig", "TrackResult", "Track", "track_video", "load_track", "render_overlay", "select_keyframes",
            "keyframe_descriptor", "landmark_jitter", "psnr_summary", "STATE_DIR", "FORMAT_VERSION",
-           "SAVGOL_SMOOTHING"]
+           "SAVGOL_SMOOTHING", "legacy_config"]
 
 #: The landmark smoothing of the 2026-11 releases, Savitzky-Golay 5 / order 2, as ``TrackConfig`` fields
 #: (``facerender track --smoothing savgol``; the benchmarks' baseline).
 SAVGOL_SMOOTHING = MappingProxyType({"smoothing": "savgol", "smoothing_window": 5, "smoothing_order": 2})
+
+
+def legacy_config(**changes) -> "TrackConfig":
+    """The tracking of the releases before 2026-12 (the landmark tracker's :data:`LEGACY_LANDMARKS`, no photometric
+    check, no solver restart on a jump, no interpolated bridges; the audit stays on, it only measures): the
+    benchmarks' baseline. ``changes`` are further ``TrackConfig`` fields."""
+    kw = dict(landmarks=LandmarkTrackerConfig(**LEGACY_LANDMARKS), photometric_check=False,
+              reinit_distance=math.inf, bridge_max_gap=0)
+    kw.update(changes)
+    return TrackConfig(**kw)
 
 
 # ---------------------------------------------------------------------------------------------------------- config
@@ -103,6 +115,18 @@ class TrackConfig:
             has been read. Window 1 turns the smoothing off (the solver gets the detected points, frame by frame).
         smoothing_lambda, smoothing_order: the Whittaker weight and the Savitzky-Golay order (each used by its
             method only).
+        audit_interval: every this many frames, the model's landmarks are compared with a fresh HOG + dlib
+            detection (:class:`~facerender.tracking.quality.FreshDetector`; ``audit_error`` per frame, the
+            summary's ``audit``); 0 turns the audit off. It is a measurement: nothing is changed by it.
+        photometric_check: a frame whose photometric PSNR falls out of the clip's own distribution
+            (:class:`~facerender.tracking.quality.PsnrMonitor`) is flagged ``photometric_outlier`` and the landmark
+            tracker verifies its next frame by a fresh detection.
+        reinit_distance: the solver restarts from the landmarks (``reinitialised``) when a frame's points lie further
+            than this fraction of the eye distance from the previous frame's model landmarks (a re-seeded or
+            re-detected track, a cut); ``inf`` never.
+        bridge_max_gap: runs of bridged frames (no face, lost) of at most this many frames between two solved frames
+            are filled by interpolating the parameters and the projected landmarks (flag ``interpolated``;
+            rotations by spherical interpolation); longer runs keep the held parameters. 0 turns it off.
     """
 
     tracker: Any = None
@@ -120,6 +144,10 @@ class TrackConfig:
     smoothing_window: int = 11
     smoothing_lambda: float = 0.5
     smoothing_order: int = 2
+    audit_interval: int = 5
+    photometric_check: bool = True
+    reinit_distance: float = 0.3
+    bridge_max_gap: int = 15
 
     def __post_init__(self):
         if self.keyframe_candidates < 1 or self.keyframes < 1 or self.chunk_size < 1 or self.max_scan < 0:
@@ -127,6 +155,9 @@ class TrackConfig:
                              f"{self.keyframe_candidates}, {self.keyframes}, {self.chunk_size}, {self.max_scan}")
         if not 0 <= self.overlay_alpha <= 1:
             raise ValueError(f"overlay_alpha must lie in [0, 1], got {self.overlay_alpha}")
+        if self.audit_interval < 0 or self.bridge_max_gap < 0 or not self.reinit_distance > 0:
+            raise ValueError(f"audit_interval and bridge_max_gap must be >= 0 and reinit_distance > 0, got "
+                             f"{self.audit_interval}, {self.bridge_max_gap}, {self.reinit_distance}")
         self.make_smoother()  # ValueError on bad settings
 
     def make_smoother(self) -> StreamingLinearSmoother:
@@ -296,6 +327,7 @@ def _track(reader, video, out_dir, model, cfg, max_frames, overlay, resume, prog
     lt = LandmarkTracker(cfg.landmarks)
     et = EyeTracker(cfg.eyes, calib, open_ear)
     smoother = cfg.make_smoother()
+    monitor = PsnrMonitor() if cfg.photometric_check else None
     pos = {"consumed": start, "observed": start}
     prev = None
     if state is not None:
@@ -303,18 +335,24 @@ def _track(reader, video, out_dir, model, cfg, max_frames, overlay, resume, prog
         lt.load_state_dict(state["landmarks"])
         et.load_state_dict(state["eyes"])
         smoother.load_state_dict(state["smoother"])
+        if monitor is not None and state.get("psnr_monitor") is not None:
+            monitor.load_state_dict(state["psnr_monitor"])
         prev = state["prev"]
         pos["observed"] = int(state["observed"])
     if not manifest.get("complete"):
         _main_pass(reader, store, manifest, tracker, lt, et, smoother, model, cfg, pos, max_frames, progress,
-                   callback, timer, prev)
+                   callback, timer, prev, monitor)
+    if cfg.bridge_max_gap and not manifest.get("gaps_bridged"):
+        _bridge_gaps(store, manifest, cfg.bridge_max_gap)
+        manifest["gaps_bridged"] = True
+        store.write_manifest(manifest)
     timer["track_wall"] = timer.get("track_wall", 0.0)
     return _finish(reader, video, out_dir, store, manifest, model, vid, cfg, overlay, progress, timer, start,
                    t_start, fps)
 
 
 def _main_pass(reader, store: _Store, manifest, tracker, lt, et, smoother: StreamingLinearSmoother, model,
-               cfg: TrackConfig, pos: Dict[str, int], max_frames, progress, callback, timer, prev):
+               cfg: TrackConfig, pos: Dict[str, int], max_frames, progress, callback, timer, prev, monitor=None):
     """The tracking pass, a producer and a consumer with the landmark smoother between them.
 
     Producer, per decoded frame: :meth:`LandmarkTracker.update`; the frame, its detected points and their
@@ -324,8 +362,13 @@ def _main_pass(reader, store: _Store, manifest, tracker, lt, et, smoother: Strea
     stored; the first frame handed on next) and ``observed`` (frames read; the next frame to decode). After each
     consumed frame the states are snapshot: the solver, the landmark tracker (at the producer position), the eye
     tracker, the smoother with its pending frames (images included: at most ``delay`` of them) and both positions.
+
+    The consumer also restarts the solver when the points jumped away from the last model landmarks
+    (``cfg.reinit_distance``), runs the photometric check (``monitor``: an outlier asks the landmark tracker for a
+    fresh verification) and, every ``cfg.audit_interval`` frames, the audit against a fresh detection.
     """
     K = int(getattr(model, "num_expression", 0))
+    auditor = FreshDetector(cfg.landmarks) if cfg.audit_interval else None
     start = pos["consumed"]
     total = reader.frame_count if max_frames is None else min(reader.frame_count or max_frames, max_frames)
     bar = _progress(total, start, progress, "tracking")
@@ -376,9 +419,21 @@ def _main_pass(reader, store: _Store, manifest, tracker, lt, et, smoother: Strea
             if cfg.fix_blink:
                 gaze.update({k: eyes.weights[k] for k in BLINK_NAMES})
         t0 = time.perf_counter()
+        restart = []
+        # points far from where the model was (a re-seeded or re-detected track, a cut): start the solver afresh
+        if (face and prev is not None and math.isfinite(cfg.reinit_distance) and hasattr(tracker, "restart")
+                and landmark_agreement(prev["landmarks_2d"], smoothed) > cfg.reinit_distance):
+            tracker.restart()
+            restart = ["restarted"]
         res = tracker.track_frame(img if face else None, smoothed if face else None, conf, gaze)
         t_solve = time.perf_counter() - t0
-        flags = list(item["flags"]) + list(getattr(res, "flags", []))
+        flags = list(item["flags"]) + restart + list(getattr(res, "flags", []))
+        solved = face and not {"bridged", "no_face"} & set(flags)
+        if solved and monitor is not None:  # the photometric check: the clip's own PSNR distribution
+            if monitor.update(float(getattr(res, "psnr", float("nan"))),
+                              accept=not {"reinitialised", "restarted", "reseeded", "redetected"} & set(flags)):
+                flags.append("photometric_outlier")
+                lt.request_verification()
         if eyes is not None:
             flags += list(eyes.flags)
         # never NaN parameters: fall back on the previous frame's
@@ -400,6 +455,19 @@ def _main_pass(reader, store: _Store, manifest, tracker, lt, et, smoother: Strea
         if bad:
             flags.append("nan_replaced")
         prev = {k: np.array(v) for k, v in vals.items()}
+        # the audit: the model's landmarks against a fresh detection (a measurement only)
+        a_err = a_pts = float("nan")
+        sampled = auditor is not None and int(item["index"]) % cfg.audit_interval == 0
+        if sampled:
+            t0 = time.perf_counter()
+            fresh = auditor(img, vals["landmarks_2d"])
+            if fresh is not None:
+                a_err = landmark_agreement(vals["landmarks_2d"], fresh)
+                a_pts = landmark_agreement(pts, fresh) if face else float("inf")
+            timer["audit"] = timer.get("audit", 0.0) + time.perf_counter() - t0
+        buf["audit_sampled"].append(np.bool_(sampled))
+        buf["audit_error"].append(np.float32(a_err))
+        buf["audit_points_error"].append(np.float32(a_pts))
         dedup = list(dict.fromkeys(f for f in flags if f))
         buf["index"].append(np.int64(item["index"]))
         buf["time"].append(np.float64(item["time"]))
@@ -445,7 +513,8 @@ def _main_pass(reader, store: _Store, manifest, tracker, lt, et, smoother: Strea
         prev["gaze"] = cur["last_gaze"].copy()
         cur["prev"] = prev
         # the pending items are never changed after they are made, so the snapshot shares them (no image copies)
-        cur["snapshot"] = {"tracker": copy.deepcopy(tracker.state_dict()),
+        cur["snapshot"] = {"psnr_monitor": monitor.state_dict() if monitor is not None else None,
+                           "tracker": copy.deepcopy(tracker.state_dict()),
                            "landmarks": copy.deepcopy(lt.state_dict()), "eyes": copy.deepcopy(et.state_dict()),
                            "smoother": smoother.state_dict(), "prev": {k: v.copy() for k, v in prev.items()},
                            "consumed": pos["consumed"], "observed": pos["observed"]}
@@ -513,20 +582,70 @@ def _main_pass(reader, store: _Store, manifest, tracker, lt, et, smoother: Strea
     store.write_manifest(manifest)
 
 
-def _collect(store: _Store, manifest):
-    """Per-frame series for the plot and the summary (small), flag names, counts and jitter."""
-    energy, fms, times, face, psnr, index = [], [], [], [], [], []
+def _bridge_gaps(store: _Store, manifest, max_gap: int) -> int:
+    """Fill the short bridged gaps of the stored track in place (:func:`~facerender.tracking.quality.find_gaps`,
+    :func:`~facerender.tracking.quality.interpolate_gap`): the parameters and projected landmarks of each run of at
+    most ``max_gap`` bridged frames between two solved frames are interpolated and the frames flagged
+    ``interpolated``. Reads the flags chunk by chunk, then rewrites only the chunks that hold a gap (each atomically;
+    rerunning gives the same result, the gap ends are never changed). Returns the number of frames filled."""
+    spans = [(c["start"], c["stop"]) for c in manifest["chunks"]]
+    bridged = np.concatenate([np.array(["bridged" in str(f).split(",") for f in store.read_chunk_key(k, "flags")],
+                                       bool) for k in range(len(spans))]) if spans else np.zeros(0, bool)
+    gaps = find_gaps(bridged, max_gap)
+    if not gaps:
+        return 0
+    start0 = spans[0][0]
+
+    def chunk_of(i):
+        return next(k for k, (a, b) in enumerate(spans) if a <= i + start0 < b)
+
+    cache: Dict[int, Dict[str, np.ndarray]] = {}
+
+    def get(k):
+        if k not in cache:
+            cache[k] = store.read_chunk(k)
+        return cache[k]
+
+    filled = 0
+    for g0, g1 in gaps:
+        ends = []
+        for i in (g0 - 1, g1):
+            k = chunk_of(i)
+            ends.append({key: get(k)[key][i + start0 - spans[k][0]] for key in BRIDGE_KEYS})
+        vals = interpolate_gap(ends[0], ends[1], g1 - g0)
+        for j, i in enumerate(range(g0, g1)):
+            k = chunk_of(i)
+            ch, r = get(k), i + start0 - spans[k][0]
+            for key, v in vals.items():
+                ch[key][r] = v[j]
+            names = [x for x in str(ch["flags"][r]).split(",") if x]
+            if "interpolated" not in names:
+                ch["flags"] = ch["flags"].astype(object)
+                ch["flags"][r] = ",".join(names + ["interpolated"])
+            filled += 1
+    for k, ch in cache.items():
+        ch["flags"] = np.array(ch["flags"], dtype=str)
+        store.rewrite_chunk(k, ch)
+    return filled
+
+
+#: Flags of frames left out of the jitter and distance figures (their values do not continue the previous frame's).
+_BREAKS = {"bridged", "reinitialised", "redetected", "reseeded", "restarted", "nan_replaced"}
+
+
+def _collect(store: _Store, manifest) -> Dict[str, Any]:
+    """Per-frame series for the plot and the summary (small), flag and status counts, jitter and distances, the
+    per-frame sums of the timings."""
+    keys = ("energy", "frame_ms", "time", "face_found", "psnr", "index", "audit_error", "audit_sampled",
+            "audit_points_error")
+    series: Dict[str, list] = {k: [] for k in keys}
     flag_count: Dict[str, int] = {}
     status_count: Dict[str, int] = {}
     jit = _JitterAccumulator()
     sums = {k: 0.0 for k in ("solve_ms", "landmarks_ms", "eyes_ms")}
     for ch in _iter_chunks(store, manifest):
-        energy.append(ch["energy"])
-        psnr.append(ch["psnr"])
-        index.append(ch["index"])
-        fms.append(ch["frame_ms"])
-        times.append(ch["time"])
-        face.append(ch["face_found"])
+        for k in keys:
+            series[k].append(ch[k])
         for k in sums:
             sums[k] += float(ch[k].astype(np.float64).sum())
         for s in ch["status"]:
@@ -535,12 +654,29 @@ def _collect(store: _Store, manifest):
             names = [x for x in str(f).split(",") if x]
             for x in names:
                 flag_count[x] = flag_count.get(x, 0) + 1
-            ok = bool(ch["face_found"][i]) and not ({"bridged", "reinitialised", "redetected", "nan_replaced"}
-                                                    & set(names)) and not any(x.startswith("lost:") for x in names)
+            ok = (bool(ch["face_found"][i]) and not (_BREAKS & set(names))
+                  and not any(x.startswith("lost:") for x in names))
             jit.add({key: ch[key][i] for _, key in _JITTER_SERIES}, ok)
-    cat = lambda x: np.concatenate(x) if x else np.zeros(0)  # noqa: E731
-    return (cat(energy), cat(fms), cat(times), cat(face).astype(bool), flag_count, status_count, jit.result(), sums,
-            cat(psnr), cat(index).astype(np.int64))
+    out: Dict[str, Any] = {k: np.concatenate(v) if v else np.zeros(0) for k, v in series.items()}
+    out["face_found"] = out["face_found"].astype(bool)
+    out["audit_sampled"] = out["audit_sampled"].astype(bool)
+    out["index"] = out["index"].astype(np.int64)
+    out.update(flag_count=flag_count, status_count=status_count, jitter=jit.result(), sums=sums)
+    return out
+
+
+def _events(flag_count: Dict[str, int], status_count: Dict[str, int]) -> Dict[str, int]:
+    """The summary's count of the frames where tracking was not plain: ``lost_frames`` (no usable face after one
+    was seen: bridged), ``drops`` (a track dropped by a check), ``reseeded`` (re-seeded from a fresh detection that
+    disagreed), ``redetected``, ``reinitialised`` (the solver started from the landmarks), ``suspect`` (verified at
+    once), ``verified`` / ``verify_failed``, ``photometric_outliers``, ``interpolated`` (bridged by interpolation),
+    ``no_face``."""
+    c = flag_count.get
+    return {"lost_frames": c("lost", 0), "drops": sum(v for k, v in flag_count.items() if k.startswith("lost:")),
+            "reseeded": c("reseeded", 0), "redetected": c("redetected", 0),
+            "reinitialised": c("reinitialised", 0), "suspect": c("suspect", 0), "verified": c("verified", 0),
+            "verify_failed": c("verify_failed", 0), "photometric_outliers": c("photometric_outlier", 0),
+            "interpolated": c("interpolated", 0), "no_face": status_count.get("no_face", 0)}
 
 
 def _plot(path: Path, energy: np.ndarray, frame_ms: np.ndarray, face: np.ndarray, title: str) -> Optional[Path]:
@@ -586,8 +722,10 @@ def _plot(path: Path, energy: np.ndarray, frame_ms: np.ndarray, face: np.ndarray
 
 def _finish(reader, video, out_dir, store, manifest, model, vid, cfg, overlay, progress, timer, start, t_start,
             fps) -> TrackResult:
-    (energy, frame_ms, times, face, flag_count, status_count, (jitter, distance), sums, psnr,
-     index) = _collect(store, manifest)
+    col = _collect(store, manifest)
+    energy, frame_ms, times, face = col["energy"], col["frame_ms"], col["time"], col["face_found"]
+    flag_count, status_count, sums = col["flag_count"], col["status_count"], col["sums"]
+    jitter, distance = col["jitter"]
     flag_names = sorted(flag_count)[:63]
     n_frames = int(len(energy))
     t0 = time.perf_counter()
@@ -608,6 +746,7 @@ def _finish(reader, video, out_dir, store, manifest, model, vid, cfg, overlay, p
     plot_path = _plot(out_dir / "energy_fps.png", energy, frame_ms, face,
                       f"{video.name}: {n} frames, {main_fps:.1f} frames/s (tracking pass)")
     per_frame = {k.replace("_ms", ""): v / max(n, 1) for k, v in sums.items()}
+    per_frame["audit"] = 1e3 * timer.get("audit", 0.0) / max(n, 1)
     summary = {
         "video": str(video.resolve()), "frames": n, "frames_with_face": int(face.sum()),
         "image_size": list(reader.size), "fps_video": fps, "resumed_from": start,
@@ -618,7 +757,11 @@ def _finish(reader, video, out_dir, store, manifest, model, vid, cfg, overlay, p
         "tracking_fps": main_fps,
         "status_counts": status_count, "flag_counts": flag_count,
         "jitter": jitter, "landmark_distance": distance,
-        "psnr": psnr_summary(psnr, index, vid["keyframes"]),
+        "psnr": psnr_summary(col["psnr"], col["index"], vid["keyframes"]),
+        "audit": {**audit_summary(col["audit_error"], col["audit_sampled"], col["audit_points_error"]),
+                  "interval": cfg.audit_interval,
+                  "ms_per_sampled_frame": 1e3 * timer.get("audit", 0.0) / max(int(col["audit_sampled"].sum()), 1)},
+        "events": _events(flag_count, status_count),
         "smoothing": {"method": cfg.smoothing, "window": cfg.smoothing_window,
                       **({"lambda": cfg.smoothing_lambda} if cfg.smoothing == "whittaker"
                          else {"order": cfg.smoothing_order}),
