@@ -36,6 +36,12 @@ def _cmd_model_install(args) -> int:
         src_desc = str(d) if d is not None else ict.GITHUB_ARCHIVE_URL
     else:
         src_desc = src
+    if not args.force and ict.is_installed(args.home):
+        problem = ict.cache_problem(args.home)
+        if problem is None:
+            print(f"ICT-FaceKit is already installed in {ict.cache_dir(args.home)} (checked); --force reinstalls it")
+            return 0
+        print(f"the installed ICT-FaceKit is broken ({problem.split('; ')[0]}): reinstalling")
     print(f"installing ICT-FaceKit from {src_desc}")
     import time
 
@@ -76,13 +82,15 @@ def _parse_expressions(text: Optional[str]) -> dict:
         item = item.strip()
         if not item:
             continue
+        from .errors import UsageError
+
         if "=" not in item:
-            raise SystemExit(f"--expressions: expected NAME=VALUE, got {item!r}")
+            raise UsageError(f"--expressions: expected NAME=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         try:
             out[k.strip()] = float(v)
         except ValueError:
-            raise SystemExit(f"--expressions: {k}: {v!r} is not a number") from None
+            raise UsageError(f"--expressions: {k}: {v!r} is not a number") from None
     return out
 
 
@@ -121,6 +129,10 @@ def _cmd_reenact(args) -> int:
     return run_reenact(args)
 
 
+#: Suffixes ``facerender render -o`` writes (Pillow picks the format from the suffix).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
 def _positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     try:
@@ -133,9 +145,14 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="facerender", description=__doc__.split("\n\n")[0])
+    from .cli_support import CLIParser, box_type, float_in, int_in, nonnegative_int, positive_int
+
+    p = CLIParser(prog="facerender", description=__doc__.split("\n\n")[0],
+                  epilog="Errors: one line on stderr and an exit code per class (docs/errors.md).")
     p.add_argument("--home", default=None, help="model cache (default $FACERENDER_HOME or ~/.cache/facerender)")
     p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("--debug", action="store_true",
+                   help="print the traceback of an error (also FACERENDER_DEBUG=1; accepted anywhere on the line)")
     sub = p.add_subparsers(dest="command", required=True)
 
     pm = sub.add_parser("model", help="install / inspect face models")
@@ -147,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "present, else the official GitHub archive")
     pi.add_argument("--force", action="store_true", help="reinstall even if cached")
     pi.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    pi.set_defaults(func=_cmd_model_install)
+    pi.set_defaults(func=_cmd_model_install, writes_home=True, home_bytes=64 << 20)  # model.npz is 51 MB
     pinfo = msub.add_parser("info", help="print counts, components, landmark sets, regions, file and licence")
     pinfo.add_argument("--json", action="store_true")
     pinfo.set_defaults(func=_cmd_model_info)
@@ -159,27 +176,28 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", required=True, help="output PNG")
     pr.add_argument("--expressions", default=None,
                     help="comma-separated NAME=WEIGHT (default: a grid of neutral, jawOpen, smile, blink, ...)")
-    pr.add_argument("--size", type=int, default=256, help="image height and width of each tile")
-    pr.add_argument("--yaw", type=float, default=0.0, help="head yaw in degrees")
+    pr.add_argument("--size", type=int_in(16, 8192), default=256, help="image height and width of each tile")
+    pr.add_argument("--yaw", type=float_in(-180, 180), default=0.0, help="head yaw in degrees")
     pr.add_argument("--single", action="store_true", help="one image instead of a grid")
-    pr.set_defaults(func=_cmd_render)
+    pr.set_defaults(func=_cmd_render, output_kind="file", output_suffixes=IMAGE_SUFFIXES)
 
     pf = sub.add_parser("fit", help="fit the model to a photo")
     pf.add_argument("image")
     pf.add_argument("-o", "--output", required=True, help="output folder")
     pf.add_argument("--landmarks", default=None, help="use these landmarks (.pts / .ljson) instead of detecting")
-    pf.add_argument("--face-index", type=int, default=None, help="which detected face (default: the largest)")
-    pf.add_argument("--box", default=None, help="face box x0,y0,x1,y1 in pixels")
+    pf.add_argument("--face-index", type=nonnegative_int, default=None,
+                    help="which detected face (default: the largest)")
+    pf.add_argument("--box", type=box_type, default=None, help="face box x0,y0,x1,y1 in pixels")
     pf.add_argument("--no-photometric", action="store_true", help="landmarks only")
-    pf.add_argument("--size", type=int, default=256, help="resolution of the photometric fit")
+    pf.add_argument("--size", type=int_in(32, 2048), default=256, help="resolution of the photometric fit")
     pf.add_argument("--model", "--face-model", dest="face_model", default=None, help=MODEL_HELP)
     pf.set_defaults(func=_cmd_fit)
 
     pt = sub.add_parser("track", help="track a video (per-frame parameters, overlay video)")
     pt.add_argument("video")
     pt.add_argument("-o", "--output", required=True, help="output folder")
-    pt.add_argument("--max-frames", type=int, default=None)
-    pt.add_argument("--size", type=int, default=128, help="resolution of the photometric energy")
+    pt.add_argument("--max-frames", type=positive_int, default=None)
+    pt.add_argument("--size", type=int_in(16, 1024), default=128, help="resolution of the photometric energy")
     pt.add_argument("--no-overlay", action="store_true", help="do not write the overlay video")
     pt.add_argument("--restart", action="store_true", help="ignore a previous partial run in the folder")
     pt.add_argument("--smoothing", choices=["whittaker", "savgol", "none"], default="whittaker",
@@ -204,14 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="target video or a folder written by 'facerender track' (face2face: required; dvp: "
                          "default the run's own target)")
     pe.add_argument("-o", "--output", required=True, help="output folder")
-    pe.add_argument("--max-frames", type=int, default=None)
+    pe.add_argument("--max-frames", type=positive_int, default=None)
     pe.add_argument("--audio", choices=["auto", "target", "source", "none"], default="auto",
                     help="audio of the output (auto: the video whose length the output follows)")
     pe.add_argument("--length", choices=["source", "target", "shortest"], default="source",
                     help="follow the source's length (the target ping-pongs), the target's, or the shorter")
     pe.add_argument("--transfer-pose", action="store_true", help="also transfer relative head pose")
     pe.add_argument("--mouth", choices=["retrieval", "model"], default="retrieval")
-    pe.add_argument("--crop-size", type=int, default=256)
+    pe.add_argument("--crop-size", type=int_in(32, 2048), default=256, help="side of the face crop rendered per frame")
     pe.add_argument("--face-model", dest="face_model", default=None, help="--method face2face: " + MODEL_HELP)
     pe.set_defaults(func=_cmd_reenact)
 
@@ -222,21 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``facerender``; returns the exit code (docs/errors.md: one line on stderr per error, ``--debug`` or
+    ``FACERENDER_DEBUG=1`` for the traceback)."""
+    from .cli_support import debug_requested, run_handler, strip_debug
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(strip_debug(argv))
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    from .errors import FaceRenderError
-    from morphable_models.errors import FaceModelError
-
-    try:
-        return int(args.func(args) or 0)
-    except (FaceRenderError, FaceModelError, FileNotFoundError) as e:
-        print(f"facerender: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("facerender: interrupted", file=sys.stderr)
-        return 130
+    return run_handler(args.func, args, debug=debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

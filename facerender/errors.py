@@ -32,6 +32,22 @@ class FittingError(FaceRenderError, RuntimeError):
     """A fit could not run (e.g. too few landmarks); numerical trouble is flagged on the result instead."""
 
 
+class UsageError(FaceRenderError, ValueError):
+    """A command-line argument or an API argument that cannot be used (out of range, inconsistent with another,
+    NaN): the message names the argument and what was received. ``facerender`` exits with 2 (docs/errors.md)."""
+
+
+class InputFileError(FaceRenderError, ValueError):
+    """An input file that exists but cannot be used: empty, truncated, corrupt, a folder where a file is expected,
+    the wrong kind of file (the message names the file and the cause). ``facerender`` exits with 3."""
+
+
+class OutputError(FaceRenderError, OSError):
+    """An output that cannot be written: a read-only or full location, a file where a folder is expected, an
+    unknown suffix (the message names the path and the cause); checked before any work starts where possible.
+    ``facerender`` exits with 4."""
+
+
 __all__ = [
     "FaceRenderError",
     "BackendUnavailableError",
@@ -39,6 +55,9 @@ __all__ = [
     "VideoError",
     "AudioError",
     "FittingError",
+    "UsageError",
+    "InputFileError",
+    "OutputError",
     "FaceModelError",
     "ModelFileError",
     "ModelNotInstalledError",

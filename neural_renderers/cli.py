@@ -56,6 +56,7 @@ def _positive_float(text: str) -> float:
 
 def add_train_parser(sub) -> None:
     """Add ``train`` (with one subcommand per method) to the ``facerender`` subparsers ``sub``."""
+    from facerender.cli_support import fraction_in  # argparse types (docs/errors.md); no torch
     pt = sub.add_parser("train", help="train a neural renderer (Deep Video Portraits ...) on a video",
                         description="Train a neural renderer. Multi-process / multi-GPU: torchrun --nproc_per_node N "
                                     "$(which facerender) train ...")
@@ -74,7 +75,7 @@ def add_train_parser(sub) -> None:
     pd.add_argument("--max-channels", type=_positive_int, default=512,
                     help="generator width cap (paper: 512; 256 halves the CPU time)")
     pd.add_argument("--disc-channels", type=_positive_int, default=64, help="discriminator width (paper: 64)")
-    pd.add_argument("--dropout", type=float, default=0.5,
+    pd.add_argument("--dropout", type=fraction_in(0.0, 1.0), default=0.5,
                     help="dropout in the three innermost decoder modules (pix2pix / DVP: 0.5)")
     pd.add_argument("--batch-size", type=_positive_int, default=4,
                     help="global batch (split over torchrun processes)")
@@ -86,7 +87,8 @@ def add_train_parser(sub) -> None:
     pd.add_argument("--vgg-weights", default=None,
                     help="a torchvision-format VGG-19 state dict: adds a VGG feature loss (--lambda-vgg)")
     pd.add_argument("--lambda-vgg", type=_positive_float, default=None, help="weight of the VGG loss (default 10)")
-    pd.add_argument("--val-fraction", type=float, default=0.15, help="held-out end of the video (default 0.15)")
+    pd.add_argument("--val-fraction", type=fraction_in(0.0, 1.0), default=0.15,
+                    help="held-out end of the video (default 0.15)")
     pd.add_argument("--max-frames", type=_positive_int, default=None, help="track only the first frames")
     pd.add_argument("--crop-scale", type=_positive_float, default=1.7, help="crop side / median face size")
     pd.add_argument("--checkpoint-every", type=_positive_int, default=1000, help="steps between checkpoints")
@@ -144,6 +146,23 @@ def run_reenact_neural(args) -> int:
         print(f"facerender reenact: error: --method {args.method} needs --model RUN (a folder written by "
               f"'facerender train {args.method}')", file=sys.stderr)
         return 2
+    from facerender.cli_support import check_input_path, check_video_or_track, warn
+    from facerender.errors import InputFileError
+    from facerender.reenact.common import audio_warning
+
+    run = check_input_path(args.model, "--model", kind="dir")  # the inputs before any work
+    if not (run / "config.json").is_file():
+        raise InputFileError(f"--model {run}: not a training run (no config.json); train one with "
+                             f"'facerender train {args.method} --target VIDEO -o RUN'")
+    check_video_or_track(args.source, "--source")
+    if args.target is not None:
+        check_video_or_track(args.target, "--target")
+    note = audio_warning(args.audio, args.length, args.source, args.target)
+    if note:
+        warn(note)
+    from facerender.tracking.orientation import warn_if_turned
+
+    warn_if_turned(args.source, "the source", args.max_frames)
     cfg = DVPReenactConfig(length=args.length, audio=args.audio, max_frames=args.max_frames,
                            transfer_pose=not args.keep_target_pose)
     res = dvp_reenact(args.model, args.source, args.target, args.output, cfg, progress=True)

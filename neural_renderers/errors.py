@@ -16,9 +16,13 @@ class TrainingDivergedError(TrainingError):
 class CheckpointError(FaceRenderError, ValueError):
     """A checkpoint is missing, corrupt, or belongs to another method, resolution or configuration."""
 
+    exit_code = 3  # an input problem (docs/errors.md)
+
 
 class DatasetError(FaceRenderError, ValueError):
     """A dataset cannot be built: a track that does not match its video, too few frames for the split, ..."""
+
+    exit_code = 3  # an input problem (docs/errors.md)
 
 
 __all__ = ["TrainingError", "TrainingDivergedError", "CheckpointError", "DatasetError"]

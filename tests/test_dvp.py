@@ -205,8 +205,8 @@ def test_cli_train_resume_and_reenact(d10, tmp_path, capsys):
         (("train", "dvp", "-o", run, "--target", src.track_dir, "--steps", "9", "--no-progress"), 1,
          "already holds a run"),
         (("reenact", "--method", "dvp", "--source", src.track_dir, "-o", tmp_path / "x"), 2, "needs --model RUN"),
-        (("reenact", "--method", "dvp", "--model", tmp_path, "--source", src.track_dir, "-o", tmp_path / "x"), 1,
-         "not a training run"),
+        (("reenact", "--method", "dvp", "--model", tmp_path, "--source", src.track_dir, "-o", tmp_path / "x"), 3,
+         "not a training run"),  # an unusable input: exit 3 (docs/errors.md)
         (("train", "dvp", "-o", run, "--size", "100"), 2, "power of two"),
     ]:
         if code == 2 and args[-2] == "--size":  # argparse errors exit through SystemExit

@@ -625,9 +625,9 @@ def test_bad_input(ict_model, faces_dir):
         fit_landmarks(m, torch.full((68, 2), float("nan")), (100, 100))
     with pytest.raises(Exception, match=r"\(B, 68, 2\)"):
         fit_landmarks(m, torch.zeros(5, 2), (100, 100))
-    # degenerate landmarks (all at one point): finite parameters, flagged or not, never NaN
-    res = fit_landmarks(m, torch.full((68, 2), 50.0), (100, 100))
-    assert all(torch.isfinite(v).all() for v in (res.rotation, res.translation, res.identity, res.expression))
+    # degenerate landmarks (all at one point) are refused, naming the problem (issue 19; tests/test_faults.py)
+    with pytest.raises(FittingError, match="nothing to fit"):
+        fit_landmarks(m, torch.full((68, 2), 50.0), (100, 100))
     # RGBA and 16-bit inputs are accepted (converted to RGB)
     from facerender.io.image import read_image
 

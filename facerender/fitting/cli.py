@@ -111,23 +111,34 @@ def run_fit(args) -> int:
     from .fit_image import FitConfig, fit_image
     from .relinearize import fit_image_relinearized, is_nonlinear
 
-    raw, model, notes = load_pipeline_model(getattr(args, "face_model", None), args.home, "fit")
-    for n in notes:
-        print(f"note: {n}")
-    image = read_image(args.image)
+    from ..cli_support import box_type, check_box, check_input_path
+    from ..errors import InputFileError
+
+    # the inputs first (they fail in milliseconds), then the model
+    image = read_image(check_input_path(args.image, "IMAGE"))
     landmarks = None
     if args.landmarks:
         from ..landmarks.files import read_landmarks
 
-        landmarks = read_landmarks(args.landmarks)
+        from .landmark_fit import check_landmarks
+
+        try:
+            landmarks = read_landmarks(check_input_path(args.landmarks, "--landmarks"))
+        except (ValueError, UnicodeDecodeError) as e:
+            if isinstance(e, InputFileError):
+                raise
+            raise InputFileError(f"--landmarks: {e}") from e
+        if landmarks.shape != (68, 2):
+            raise InputFileError(f"--landmarks {args.landmarks}: {landmarks.shape[0]} points; the fit needs the 68 "
+                                 f"iBUG points")
+        check_landmarks(landmarks, image.shape[:2], name=f"--landmarks {args.landmarks}")
     box = None
     if args.box:
-        try:
-            box = [float(v) for v in args.box.split(",")]
-        except ValueError:
-            raise SystemExit(f"--box: expected x0,y0,x1,y1, got {args.box!r}") from None
-        if len(box) != 4:
-            raise SystemExit(f"--box: expected 4 numbers, got {len(box)}")
+        box = list(args.box if isinstance(args.box, (tuple, list)) else box_type(args.box))
+        check_box(box, image.shape[:2], "--box")
+    raw, model, notes = load_pipeline_model(getattr(args, "face_model", None), args.home, "fit")
+    for n in notes:
+        print(f"note: {n}")
     cfg = FitConfig(photometric=not args.no_photometric, size=args.size,
                     levels=tuple(s for s in (64, 128, 256, 512) if s <= args.size) or (args.size,))
     extra = {}
@@ -141,12 +152,18 @@ def run_fit(args) -> int:
     else:
         result = fit_image(model, image, landmarks=landmarks, box=box, face_index=args.face_index, config=cfg)
     paths = write_fit_outputs(args.output, model, image, result, extra_params=extra)
+    if getattr(result, "turns", 0):
+        how = {1: "turned 90 degrees clockwise", 2: "upside down", 3: "turned 90 degrees counter-clockwise"}
+        print(f"note: the face is {how[result.turns]} in {args.image}: fitted on the photo turned upright; every "
+              f"output is in the photo's own coordinates")
     t = result.timings
     print(f"fitted {args.image}: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in t.items()))
     if result.photometric_error is not None:
         print(f"mean colour error {result.photometric_error:.3f} (RGB in [0, 1])")
+    from ..cli_support import warn
+
     for f in result.flags:
-        print(f"warning: {f}")
+        warn(f)
     for k, p in paths.items():
         print(f"wrote {p}")
     return 0

@@ -63,6 +63,9 @@ class FitConfig:
         fit_identity: identity free in the photometric stage.
         albedo: :class:`AlbedoConfig` of the per-vertex albedo.
         region: model region rasterised by the colour term.
+        auto_orient: when detecting (no ``landmarks``, ``box`` or ``face_index``), also try the image turned by 90,
+            180 and 270 degrees if the upright detection is missing or weak, and fit the turn that shows an upright
+            face (:mod:`facerender.fitting.orientation`); the result is mapped back to the photo.
     """
 
     landmark: LandmarkFitConfig = field(default_factory=LandmarkFitConfig)
@@ -79,6 +82,7 @@ class FitConfig:
     fit_identity: bool = True
     albedo: AlbedoConfig = field(default_factory=AlbedoConfig)
     region: str = "face"
+    auto_orient: bool = True
 
 
 @dataclass
@@ -94,6 +98,8 @@ class FitResult:
         projected landmarks ``(68, 2)``; box the face box; detector its name.
         photometric_error: mean l2 colour error over the samples at the finest level (None: landmarks only).
         energy_history: ``{stage: [energy per iteration]}``; flags: list of warnings; timings: seconds per stage.
+        turns: quarter turns (counter-clockwise) of the photo that made the face upright for the fit (0: none);
+        the parameters above are already mapped back to the photo.
     """
 
     rotation: torch.Tensor
@@ -115,6 +121,12 @@ class FitResult:
     energy_history: Dict[str, List[float]] = field(default_factory=dict)
     flags: List[str] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=dict)
+    turns: int = 0
+
+    @property
+    def converged(self) -> bool:
+        """Every stage converged and nothing is flagged."""
+        return not self.flags
 
     def to_dict(self) -> dict:
         """JSON-serialisable parameters (lists), as written by ``facerender fit``."""
@@ -130,6 +142,7 @@ class FitResult:
             "landmarks_projected": np.asarray(self.landmarks_2d).tolist(), "box": self.box,
             "detector": self.detector, "region": self.region, "photometric_error": self.photometric_error,
             "energy_history": self.energy_history, "flags": self.flags, "timings_s": self.timings,
+            "image_turns_ccw": self.turns,
         }
 
 
@@ -211,7 +224,24 @@ def fit_image(
     arr, img = _as_image_tensor(image, dt)
     H, W = arr.shape[:2]
     timings: Dict[str, float] = {}
-    if landmarks is None:
+    if landmarks is None and box is None and face_index is None and cfg.auto_orient:
+        from .orientation import find_upright_turn, turn_image, unturn_fit
+
+        orient = find_upright_turn(arr, detector)
+        timings["detection"] = time.perf_counter() - t0
+        if orient.turns:
+            import dataclasses
+
+            res = fit_image(model, turn_image(arr, orient.turns), landmarks=orient.landmarks,
+                            config=dataclasses.replace(cfg, auto_orient=False), focal=focal, detector=detector)
+            out = unturn_fit(res, orient.turns, (H, W))
+            out.turns = orient.turns
+            out.detector = orient.landmarks.detector or ""
+            out.timings = {"detection": timings["detection"], **res.timings}
+            out.timings["total"] = time.perf_counter() - t0
+            return out
+        lm = orient.landmarks
+    elif landmarks is None:
         lm = detect_landmarks(arr, box=box, index=face_index, detector=detector)
         timings["detection"] = time.perf_counter() - t0
     else:
@@ -228,7 +258,9 @@ def fit_image(
                          torch.as_tensor(conf.copy(), dtype=dt, device=dev)[None], lcfg, focal=f_full)
     timings["landmark_fit"] = time.perf_counter() - t1
     history = {"landmarks": lres.energy_history[:, 0].tolist()}
-    if any(s not in ("converged", "max_iterations") for s in lres.status):
+    if lres.flags and lres.flags[0]:
+        flags.extend(f"landmark fit: {f}" for f in lres.flags[0])
+    elif any(s not in ("converged", "max_iterations") for s in lres.status):
         flags.append(f"landmark fit: {lres.status[0]}")
     values = {k: v.clone() for k, v in lres.params().items()}
     pp_full = lres.principal_point

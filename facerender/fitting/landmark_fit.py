@@ -25,13 +25,22 @@ import torch
 
 from morphable_models import LinearFaceModel
 
-from ..errors import FittingError, ShapeError
+from ..errors import FittingError, ShapeError, UsageError
 from .energies import EnergyProblem, LandmarkTerm, PriorTerm
 from .params import Block, ParameterLayout, model_bounds
 from .solver import GaussNewtonConfig, LeastSquaresProblem, SolverResult, solve
 
 # Rigid initialisation uses these stable inner points (eyes, nose, mouth corners).
 _RIGID_POINTS = [27, 28, 29, 30, 31, 33, 35, 36, 39, 42, 45, 48, 54]
+
+#: Plausibility limits of a fit (docs/errors.md): beyond them ``status`` is ``"implausible"`` and ``flags`` say why.
+#: RMS of the identity coefficients in standard deviations of the model's prior: landmark fits of the annotated photos
+#: and of 50 video frames give 1.4-2.7 (single coefficients up to 9.3); shuffled, scrambled or mislabelled points
+#: 5.3-9.4.
+MAX_IDENTITY_RMS = 4.0
+#: Mean distance of the 51 inner model landmarks to their targets, in outer-eye-corner distances (the same real fits:
+#: 0.011-0.021; shuffled or scrambled points about 0.5).
+MAX_LANDMARK_ERROR = 0.15
 
 
 @dataclass
@@ -91,8 +100,13 @@ class LandmarkFitResult:
         focal ``(B,)``; principal_point ``(B, 2)``.
         landmarks_2d: ``(B, 68, 2)`` projected model landmarks (with the final contour correspondences).
         targets: ``(B, 68, 2)`` the landmarks that were fitted; confidence ``(B, 68)``.
-        energy_history: ``(T, B)`` energies over both stages; status: per item solver status.
+        energy_history: ``(T, B)`` energies over both stages; status: per item solver status (``"converged"``,
+        ``"max_iterations"``, ...), or ``"implausible"`` when the solver stopped but the result fails the
+        plausibility checks (see ``flags``).
         iterations: ``(B,)`` solver iterations (both stages).
+        flags: per item, why a result cannot be trusted: identity coefficients at an RMS beyond
+        :data:`MAX_IDENTITY_RMS` standard deviations, inner landmarks off by more than :data:`MAX_LANDMARK_ERROR` eye
+        distances.
     """
 
     rotation: torch.Tensor
@@ -107,6 +121,13 @@ class LandmarkFitResult:
     energy_history: torch.Tensor
     status: List[str] = field(default_factory=list)
     iterations: Optional[torch.Tensor] = None
+    flags: List[List[str]] = field(default_factory=list)
+
+    @property
+    def converged(self) -> List[bool]:
+        """Per item: the solver converged AND the result is plausible (no ``flags``)."""
+        return [s == "converged" and not (self.flags[b] if b < len(self.flags) else []) for b, s in
+                enumerate(self.status)]
 
     @property
     def energy(self) -> torch.Tensor:
@@ -173,6 +194,103 @@ def initial_pose(model: LinearFaceModel, targets: torch.Tensor, focal: torch.Ten
     return matrix_to_axis_angle(R), t
 
 
+def check_landmarks(points, image_size: Optional[Tuple[int, int]] = None, confidence=None, *,
+                    name: str = "landmarks") -> None:
+    """Refuse landmarks that cannot be fitted, before any work: NaN / inf, points that (nearly) coincide or lie on a
+    line, most points far outside the image, confidences that are negative, NaN or all zero.
+
+    Args:
+        points: ``(B, L, 2)`` or ``(L, 2)`` pixels (array or tensor).
+        image_size: ``(H, W)``; with it, more than half of the points lying over half the image size outside the
+            image are refused (a face partly out of frame is fine).
+        confidence: ``(B, L)`` / ``(L,)`` or None.
+        name: how the message names the points (e.g. the file they came from).
+    Raises:
+        FittingError naming ``name``, the item and what was received.
+    """
+    pts = np.asarray(points.detach().cpu() if isinstance(points, torch.Tensor) else points, dtype=np.float64)
+    if pts.ndim == 2:
+        pts = pts[None]
+    if pts.ndim != 3 or pts.shape[-1] != 2:
+        raise ShapeError(f"{name}: must be (B, L, 2) or (L, 2), got {pts.shape}")
+    for b, p in enumerate(pts):
+        item = f"{name}" + (f" (item {b})" if len(pts) > 1 else "")
+        finite = np.isfinite(p).all(1)
+        if not finite.all():
+            raise FittingError(f"{item}: {int((~finite).sum())} of {len(p)} points are NaN or inf (first: point "
+                               f"{int(np.argmin(finite))})")
+        span = p.max(0) - p.min(0)
+        if max(span) < 2.0:
+            raise FittingError(f"{item}: the {len(p)} points span {span[0]:.3g} x {span[1]:.3g} px (all at "
+                               f"({p[0, 0]:.6g}, {p[0, 1]:.6g})?): nothing to fit")
+        sv = np.linalg.svd(p - p.mean(0), compute_uv=False)
+        if sv[1] < 0.02 * sv[0]:
+            raise FittingError(f"{item}: the {len(p)} points lie on a line (spread {sv[0]:.3g} x {sv[1]:.3g}): not a "
+                               f"face")
+        if image_size is not None:
+            H, W = float(image_size[0]), float(image_size[1])
+            inside = ((p[:, 0] > -0.5 * W) & (p[:, 0] < 1.5 * W) & (p[:, 1] > -0.5 * H) & (p[:, 1] < 1.5 * H))
+            if 2 * int(inside.sum()) < len(p):
+                k = int(np.argmin(inside))
+                raise FittingError(f"{item}: {int((~inside).sum())} of {len(p)} points lie far outside the "
+                                   f"{int(W)}x{int(H)} image (point {k} at ({p[k, 0]:.6g}, {p[k, 1]:.6g})): wrong "
+                                   f"image, or coordinates in another convention?")
+    if confidence is not None:
+        cf = np.asarray(confidence.detach().cpu() if isinstance(confidence, torch.Tensor) else confidence,
+                        dtype=np.float64)
+        fin = np.isfinite(cf)
+        if not fin.all() or (cf[fin] < 0).any():
+            rng = f"values in [{cf[fin].min():.3g}, {cf[fin].max():.3g}]" if fin.any() else "no finite value"
+            raise FittingError(f"{name}: confidence must be finite and >= 0, got {rng}"
+                               + (f" and {int((~fin).sum())} NaN/inf" if not fin.all() else ""))
+        per = cf.reshape(-1, cf.shape[-1]).sum(-1)
+        if (per <= 0).any():
+            raise FittingError(f"{name}: confidence is 0 for all {cf.shape[-1]} points"
+                               + (f" of item {int(np.argmin(per))}" if per.size > 1 else "") + ": nothing to fit")
+
+
+def _fit_flags(model, targets: torch.Tensor, conf: torch.Tensor, uv: torch.Tensor, identity: torch.Tensor,
+               identity_fitted: bool) -> List[List[str]]:
+    """Per item, why the fit cannot be trusted (the limits :data:`MAX_IDENTITY_RMS`, :data:`MAX_LANDMARK_ERROR`)."""
+    out: List[List[str]] = []
+    t = targets.detach().double().cpu()
+    u = uv.detach().double().cpu()
+    w = (conf.detach().double().cpu()[:, 17:] > 0).double()
+    iod = (t[:, 36] - t[:, 45]).norm(dim=-1).clamp_min(1e-9)
+    err = (((u[:, 17:] - t[:, 17:]).norm(dim=-1) * w).sum(-1) / w.sum(-1).clamp_min(1)) / iod
+    sd = None
+    if identity_fitted and identity.numel():
+        std = model.identity_std.detach().double().cpu().clamp_min(1e-12)
+        sd = (identity.detach().double().cpu() / std).abs()
+    for b in range(t.shape[0]):
+        f = []
+        if not bool(torch.isfinite(err[b])) or float(err[b]) > MAX_LANDMARK_ERROR:
+            f.append(f"inner landmarks off by {float(err[b]):.2f} eye distances on average (limit "
+                     f"{MAX_LANDMARK_ERROR}): the face model does not match these points")
+        if sd is not None:
+            k = int(sd[b].argmax())
+            rms = float(sd[b].pow(2).mean().sqrt())
+            if not rms <= MAX_IDENTITY_RMS:
+                f.append(f"identity coefficients at an RMS of {rms:.1f} standard deviations (limit "
+                         f"{MAX_IDENTITY_RMS}; coefficient {k} at {float(sd[b, k]):.1f}): an implausible face shape")
+        out.append(f)
+    return out
+
+
+def _with_flags(res: "LandmarkFitResult", model, identity_fitted: bool) -> "LandmarkFitResult":
+    res.flags = _fit_flags(model, res.targets, res.confidence, res.landmarks_2d, res.identity, identity_fitted)
+    res.status = ["implausible" if fl and st in ("converged", "max_iterations") else st
+                  for st, fl in zip(res.status, res.flags)]
+    return res
+
+
+def _check_camera_args(f: torch.Tensor, pp: torch.Tensor) -> None:
+    if not bool(torch.isfinite(f).all()) or bool((f <= 0).any()):
+        raise UsageError(f"focal must be a finite number of pixels > 0, got {f.tolist()}")
+    if not bool(torch.isfinite(pp).all()):
+        raise UsageError(f"principal_point must be finite pixels, got {pp.tolist()}")
+
+
 def _check_targets(targets: torch.Tensor) -> torch.Tensor:
     if not isinstance(targets, torch.Tensor):
         targets = torch.as_tensor(targets)
@@ -225,10 +343,13 @@ def fit_landmarks(
         conf = torch.ones(B, 68, dtype=dt, device=dev)
     else:
         conf = torch.as_tensor(confidence, dtype=dt, device=dev).reshape(-1, 68).expand(B, 68)
+    check_landmarks(targets, (H, W), conf if confidence is not None else None)
     f = focal if focal is not None else (cfg.focal if cfg.focal is not None else default_focal((H, W), cfg.focal_factor))
     f = torch.as_tensor(f, dtype=dt, device=dev).reshape(-1).expand(B).clone()
     pp = (torch.as_tensor(principal_point, dtype=dt, device=dev).reshape(-1, 2).expand(B, 2)
           if principal_point is not None else torch.tensor([[W / 2.0, H / 2.0]], dtype=dt, device=dev).expand(B, 2))
+    _check_camera_args(f, pp)
+    identity_fitted = cfg.fit_identity and fixed_identity is None
     K_id, K_ex = model.num_identity, model.num_expression
     ident = (fixed_identity.to(dt) if fixed_identity is not None else
              (init["identity"].to(dt) if init is not None and "identity" in init else
@@ -237,7 +358,8 @@ def fit_landmarks(
         B, K_ex, dtype=dt, device=dev)
     backend = cfg.backend if cfg.backend != "auto" else ("numpy" if dev.type == "cpu" else "torch")
     if backend == "numpy":
-        return _fit_numpy(model, cfg, targets, conf, f, pp, ident, expr, init, fixed_identity is not None)
+        return _with_flags(_fit_numpy(model, cfg, targets, conf, f, pp, ident, expr, init, fixed_identity is not None),
+                           model, identity_fitted)
     if init is not None and "rotation" in init:
         rot, trans = init["rotation"].to(dt), init["translation"].to(dt)
     else:
@@ -295,12 +417,12 @@ def fit_landmarks(
     problem = EnergyProblem(layout, [term], {k: v for k, v in values.items() if k not in layout}, pp)
     term.freeze_contour(None)
     term.project_landmarks(problem.kinematics(layout.join(values), False))
-    return LandmarkFitResult(
+    return _with_flags(LandmarkFitResult(
         rotation=values["rotation"], translation=values["translation"], identity=values["identity"],
         expression=values["expression"], focal=values["focal"].reshape(-1), principal_point=pp,
         landmarks_2d=term.last_uv, targets=targets, confidence=conf,
         energy_history=torch.cat(histories, 0), status=status, iterations=iters,
-    )
+    ), model, identity_fitted)
 
 
 def _fit_numpy(model, cfg, targets, conf, f, pp, ident, expr, init, fixed_identity: bool) -> LandmarkFitResult:

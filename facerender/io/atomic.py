@@ -7,12 +7,21 @@ either keeps its previous content (or does not exist) or holds the complete new 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from pathlib import Path
 from typing import Iterator, Union
 
+from ..errors import OutputError
+
 PathLike = Union[str, os.PathLike]
+
+#: Errors of a location that cannot take the file (raised as :class:`~facerender.errors.OutputError` naming it).
+_NO_ROOM = {getattr(errno, "EDQUOT", errno.ENOSPC): "no space left on the device (the disk or quota is full)",
+            errno.ENOSPC: "no space left on the device (the disk or quota is full)",
+            errno.EFBIG: "the file is too large for this file system",
+            errno.EROFS: "read-only file system"}
 
 
 def temporary_sibling(path: PathLike) -> Path:
@@ -42,6 +51,8 @@ def atomic_write(path: PathLike, *, fsync: bool = True) -> Iterator[Path]:
         FileNotFoundError: the folder of ``path`` does not exist, or the body finished without creating the
             temporary file.
         IsADirectoryError: ``path`` is a directory.
+        OutputError: (an ``OSError``) the disk or quota is full, or the file system is read-only: the message names
+            ``path`` (the writer's own error is its cause).
 
     Example:
         >>> with atomic_write("out.txt") as tmp:
@@ -64,6 +75,12 @@ def atomic_write(path: PathLike, *, fsync: bool = True) -> Iterator[Path]:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.errno in _NO_ROOM and not isinstance(e, OutputError):  # name the file the user asked for
+            raise OutputError(f"cannot write {str(path)!r}: {_NO_ROOM[e.errno]}") from e
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -19,6 +19,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from ..errors import InputFileError
 from .atomic import atomic_write
 
 PathLike = Union[str, os.PathLike]
@@ -104,7 +105,8 @@ def read_image(path: PathLike, *, apply_exif_orientation: bool = False) -> np.nd
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file exists but is not a readable image (the message names the file and the reason).
+        InputFileError: (a ``ValueError``) the file exists but is not a readable image: empty, truncated, corrupt,
+            a folder, another kind of file (the message names the file and the reason).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -112,7 +114,9 @@ def read_image(path: PathLike, *, apply_exif_orientation: bool = False) -> np.nd
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {str(path)!r}")
     if path.is_dir():
-        raise ValueError(f"cannot read an image from {str(path)!r}: it is a directory")
+        raise InputFileError(f"cannot read an image from {str(path)!r}: it is a directory")
+    if path.stat().st_size == 0:
+        raise InputFileError(f"cannot read image {str(path)!r}: the file is empty (0 bytes)")
     try:
         with Image.open(path) as im:
             im.load()
@@ -129,9 +133,9 @@ def read_image(path: PathLike, *, apply_exif_orientation: bool = False) -> np.nd
                 im = im.convert("RGB")  # L, LA, P, PA, RGBA, CMYK, YCbCr, LAB, 1
             return to_uint8_rgb(np.asarray(im))
     except UnidentifiedImageError as e:
-        raise ValueError(f"cannot read {str(path)!r}: not an image format Pillow recognises") from e
-    except (OSError, SyntaxError) as e:  # truncated / corrupt data, permission problems
-        raise ValueError(f"cannot read image {str(path)!r}: {e}") from e
+        raise InputFileError(f"cannot read {str(path)!r}: not an image format Pillow recognises") from e
+    except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt data, permission problems
+        raise InputFileError(f"cannot read image {str(path)!r}: {e}") from e
 
 
 def write_image(path: PathLike, image, *, quality: int = 95) -> Path:

@@ -13,6 +13,8 @@ ORDERS = ("auto", "time", "clamp", "loop", "pingpong")
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``evaluate`` subcommand (no heavy imports here)."""
+    from ..cli_support import positive_int  # argparse types (docs/errors.md)
+
     p = subparsers.add_parser(
         "evaluate", help="identity / expression / pose / image / seam figures of a reenactment output video",
         description="Evaluate an output video against its source (driver) and target (identity) videos, and a "
@@ -23,9 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--result", required=True, help="the method's output video")
     p.add_argument("--reference", default=None, help="the real video the output should equal (PSNR, SSIM, P_T)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    p.add_argument("--max-frames", type=int, default=None, help="evaluate the first N output frames")
-    p.add_argument("--identity-stride", type=int, default=10, help="descriptors on every N-th output frame")
-    p.add_argument("--target-identity-stride", type=int, default=15,
+    p.add_argument("--max-frames", type=positive_int, default=None, help="evaluate the first N output frames")
+    p.add_argument("--identity-stride", type=positive_int, default=10, help="descriptors on every N-th output frame")
+    p.add_argument("--target-identity-stride", type=positive_int, default=15,
                    help="descriptors on every N-th frame of the target video")
     p.add_argument("--source-order", choices=ORDERS, default="auto",
                    help="how a shorter source continues (auto: loop)")

@@ -6,8 +6,22 @@ def run_reenact(args) -> int:
     from ..model_cli import load_pipeline_model
     from .face2face import Face2FaceConfig, face2face
 
+    from ..cli_support import check_video_or_track
+    from .common import audio_warning
+
+    check_video_or_track(args.source, "--source")  # before the model loads
+    check_video_or_track(args.target, "--target")
     cfg = Face2FaceConfig(crop_size=args.crop_size, transfer_pose=args.transfer_pose, length=args.length,
                           audio=args.audio, mouth=args.mouth, max_frames=args.max_frames)
+    note = audio_warning(args.audio, args.length, args.source, args.target)
+    if note:
+        from ..cli_support import warn
+
+        warn(note)
+    from ..tracking.orientation import warn_if_turned
+
+    warn_if_turned(args.source, "the source", args.max_frames)
+    warn_if_turned(args.target, "the target", args.max_frames)
     _, model, notes = load_pipeline_model(getattr(args, "face_model", None), args.home, "reenact")
     for n in notes:
         print(f"note: {n}")

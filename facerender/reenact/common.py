@@ -15,6 +15,7 @@ from ..errors import VideoError
 log = logging.getLogger(__name__)
 
 __all__ = ["load_or_track", "frame_schedule", "actor_neutral", "transfer_expression", "FrameSource", "choose_audio",
+           "audio_warning",
            "label_image", "panel", "side_by_side_frame", "SeamMeter", "square_feather", "paste_crop"]
 
 
@@ -139,6 +140,46 @@ def choose_audio(policy: str, length: str, source_video: Path, target_video: Pat
     if policy != "auto":
         log.warning("the %s video %s has no audio stream: the output is silent", choice, path)
     return None
+
+
+def _video_of(path) -> Optional[Path]:
+    """The video of ``path``: itself, or the video a ``facerender track`` folder was made from (its summary)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    import json
+
+    try:
+        v = json.loads((path / "summary.json").read_text()).get("video")
+    except (OSError, ValueError):
+        return None
+    return Path(v) if v else None
+
+
+def audio_warning(policy: str, length: str, source, target) -> Optional[str]:
+    """A warning for the user when the audio ``policy`` cannot be honoured before any work starts: an explicit
+    ``"source"`` / ``"target"`` (or ``"auto"``'s choice) names a video without an audio stream, so the output would
+    be silent. ``source``/``target``: videos or ``facerender track`` folders. None when there is nothing to say
+    (or ``policy`` is ``"none"``)."""
+    if policy == "none":
+        return None
+    choice = policy if policy != "auto" else (length if length != "shortest" else "source")
+    given = source if choice == "source" else target
+    if given is None:
+        return None
+    video = _video_of(given)
+    if video is None or not video.is_file():
+        return None
+    from ..io.video import VideoReader
+
+    try:
+        has = VideoReader(video).has_audio
+    except (VideoError, OSError):
+        return None
+    if has:
+        return None
+    how = f"--audio {policy}" if policy != "auto" else f"--audio auto (follows the {choice}, --length {length})"
+    return f"{how}: the {choice} video {video} has no audio stream: the result will be silent"
 
 
 def label_image(img: np.ndarray, text: str) -> np.ndarray:

@@ -17,6 +17,7 @@ Differentiable end to end w.r.t. vertices, albedo, SH coefficients, pose, camera
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -103,6 +104,19 @@ def _check_vertices(vertices) -> torch.Tensor:
     if not vertices.is_floating_point():
         raise ShapeError(f"vertices must be a floating-point tensor, got {vertices.dtype}")
     return vertices
+
+
+def _check_finite(name: str, x) -> None:
+    """Refuse NaN / inf in a user-supplied tensor, naming it (NaN in, NaN out without a word is worse)."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        ok = torch.isfinite(x)
+        if not bool(ok.all()):
+            n = int((~ok).sum())
+            raise ShapeError(f"{name} holds {n} NaN or inf value(s) (shape {tuple(x.shape)}, dtype {x.dtype})")
+
+
+#: Floating types too coarse for rasterization (depth test, barycentrics): rendered in float32 and cast back.
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -306,8 +320,31 @@ def render_face(
 
     Shading is ``clamp(albedo * E(n) / pi, 0, 1)`` per pixel with ``n`` the interpolated, renormalised camera-space
     vertex normal; the clamp has zero gradient where it saturates.
+
+    NaN / inf in ``vertices``, ``rotation``, ``translation``, ``albedo``, ``sh`` or the camera raise a ShapeError
+    naming the argument. float16 / bfloat16 inputs are rendered in float32 (their precision breaks the depth test
+    and the coverage) and the outputs cast back to the input dtype (``fragments`` stay float32).
     """
     v = _check_vertices(vertices)
+    for name, x in (("vertices", v), ("rotation", rotation), ("translation", translation), ("albedo", albedo),
+                    ("sh", sh)):
+        _check_finite(name, x)
+    if isinstance(camera, (PinholeCamera, OrthographicCamera)):
+        for k in camera._TENSOR_FIELDS:
+            _check_finite(f"camera.{k}", getattr(camera, k))
+            x = getattr(camera, k)
+            if k in ("fx", "fy", "scale") and bool((x <= 0).any()):
+                raise ShapeError(f"camera.{k} must be > 0 (pixels; the package's camera has x right, y down: "
+                                 f"mirror the image instead of the focal length), got {x.tolist()}")
+    if v.dtype in LOW_PRECISION:
+        def up(x):
+            return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+        cam32 = camera.apply(up) if isinstance(camera, (PinholeCamera, OrthographicCamera)) else camera
+        out = render_face(up(v), faces, cam32, up(rotation), up(translation), up(albedo), up(sh), up(background),
+                          antialias=antialias, backend=backend, settings=settings)
+        return dataclasses.replace(out, **{k: getattr(out, k).to(v.dtype) for k in (
+            "image", "alpha", "normals", "albedo", "depth", "screen_vertices", "camera_vertices", "vertex_normals")})
     f = check_faces(faces, v.shape[1]).to(v.device)
     R, t = check_pose(rotation, translation, v)
     B = common_batch(

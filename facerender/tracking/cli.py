@@ -24,9 +24,11 @@ def run_track(args) -> int:
     """Run ``facerender track`` from parsed arguments (``video``, ``output``, ``max_frames``, ``size``,
     ``no_overlay``, ``restart``, ``smoothing``, ``smoothing_lambda``, ``home``, ``face_model``). Returns the exit
     status."""
+    from ..cli_support import check_input_path
     from ..model_cli import load_pipeline_model
     from .video import SAVGOL_SMOOTHING, TrackConfig, track_video
 
+    check_input_path(args.video, "VIDEO")  # before the model loads
     _, model, notes = load_pipeline_model(getattr(args, "face_model", None), args.home, "track")
     for n in notes:
         print(f"note: {n}")
@@ -44,8 +46,17 @@ def run_track(args) -> int:
                  "whittaker": dict(smoothing="whittaker",
                                    smoothing_lambda=float(getattr(args, "smoothing_lambda", 0.5)))}[method]
     cfg = TrackConfig(tracker=tracker_cfg, **smoothing)  # ValueError on a bad lambda
+    from ..cli_support import warn
+    from .orientation import check_video_orientation, orientation_warning, record_orientation
+
+    orientation = check_video_orientation(args.video, max_frames=args.max_frames)
+    if orientation.turned:
+        warn(orientation_warning(orientation, args.video))
     res = track_video(args.video, args.output, model, cfg, max_frames=args.max_frames,
                       overlay=not args.no_overlay, resume=not args.restart, progress=True)
+    if res.summary_path is not None:
+        record_orientation(res.summary_path, orientation, res.frames)
+        res.summary["orientation"] = {"turns": orientation.turns, "frames_checked": orientation.frames_checked}
     s = res.summary
     print(f"tracked {res.frames} frames ({res.frames_with_face} with a face) of {args.video} at "
           f"{res.fps:.2f} frames/s" + (f", resumed at frame {res.resumed_from}" if res.resumed_from else ""))
@@ -67,6 +78,8 @@ def run_track(args) -> int:
     flags = s.get("flag_counts", {})
     if flags:
         print("flags: " + ", ".join(f"{k} {v}" for k, v in sorted(flags.items())))
+    if orientation.turned:
+        warn(orientation_warning(orientation, args.video) + " (recorded in summary.json: orientation)")
     print(f"wrote {res.params_path}" + (f", {res.overlay_path}" if res.overlay_path else "")
           + (f", {res.plot_path}" if res.plot_path else "") + f", {res.summary_path}")
     return 0
