@@ -45,6 +45,11 @@ from .regions import Region
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "ict-facekit"
+#: What a broken cache's error message suggests.
+REPAIR_HINT = "reinstall it: 'facerender model install ict-facekit' repairs a broken cache"
+#: Arrays every cache must hold.
+REQUIRED_ARRAYS = ("neutral", "identity_deltas", "expression_deltas", "faces", "faces_uv", "uvs", "polygon_offsets",
+                   "material_ranges")
 GITHUB_ARCHIVE_URL = "https://github.com/ICT-VGL/ICT-FaceKit/archive/refs/heads/master.zip"
 CACHE_VERSION = 1
 
@@ -159,6 +164,24 @@ def _facex_key(name: str) -> Optional[Tuple[str, str]]:
     return None
 
 
+#: Largest coordinate accepted in an ICT-FaceKit OBJ (cm; the head is about 25 cm wide).
+MAX_OBJ_COORDINATE = 1e4
+
+
+def _check_obj_values(vertices: np.ndarray, where: str) -> None:
+    """Refuse an OBJ whose vertices hold NaN / inf or coordinates beyond :data:`MAX_OBJ_COORDINATE` (naming it)."""
+    ok = np.isfinite(vertices)
+    if not ok.all():
+        i = int(np.argmax(~ok.all(1)))
+        raise ModelFileError(f"{where}: vertex {i} (line 'v' #{i + 1}) is {vertices[i].tolist()}: NaN or inf; "
+                             f"the file is corrupt")
+    big = np.abs(vertices).max(1)
+    if big.max() > MAX_OBJ_COORDINATE:
+        i = int(np.argmax(big))
+        raise ModelFileError(f"{where}: vertex {i} (line 'v' #{i + 1}) is {vertices[i].tolist()}: beyond "
+                             f"{MAX_OBJ_COORDINATE:g} cm; the file is corrupt")
+
+
 class _Collected:
     """Files gathered from a source: OBJ vertex arrays (or the parsed neutral), JSON, licence, README."""
 
@@ -185,11 +208,13 @@ class _Collected:
                 if self.neutral.vertices.shape[0] != NUM_VERTICES:
                     raise ModelFileError(f"{where}: has {self.neutral.vertices.shape[0]} vertices, "
                                          f"expected {NUM_VERTICES}")
+                _check_obj_values(self.neutral.vertices, where)
             elif fname.endswith(".obj"):
                 try:
                     self.vertices[fname[:-4]] = read_obj_vertices(read(), NUM_VERTICES)
                 except ModelFileError as e:
                     raise ModelFileError(f"{where}: {str(e).replace('<bytes>: ', '')}") from None
+                _check_obj_values(self.vertices[fname[:-4]], where)
             elif fname == "vertex_indices.json":
                 try:
                     self.vertex_indices = json.loads(read().decode("utf-8"))
@@ -295,8 +320,11 @@ def install_ict(
     """
     dest = cache_dir(home)
     if is_installed(home) and not force:
-        log.info("ICT-FaceKit already installed in %s", dest)
-        return dest
+        problem = cache_problem(home)
+        if problem is None:
+            log.info("ICT-FaceKit already installed in %s", dest)
+            return dest
+        log.warning("the cached ICT-FaceKit is broken (%s): reinstalling", problem)
     t0 = time.perf_counter()
     tmp_download = None
     if source is None:
@@ -425,11 +453,15 @@ def _convert(col: _Collected, path: Path) -> Tuple[Dict[str, np.ndarray], dict]:
 
 def _write_cache(dest: Path, arrays: Dict[str, np.ndarray], meta: dict, license_text: str) -> None:
     """Write into a temporary sibling folder, then rename: a failure leaves no partial cache."""
+    from .store import check_arrays, write_manifest
+
+    check_arrays(arrays, f"{dest} (about to be written)")  # never write a model that would fail far away
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         with open(tmp / "model.npz", "wb") as f:
             np.savez(f, **arrays)
+        write_manifest(tmp, arrays)  # sizes, shapes, checksums: checked on every load
         (tmp / "LICENSE").write_text(license_text)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         old = None
@@ -455,15 +487,41 @@ def _read_cache(home: Optional[PathLike]) -> Tuple[Dict[str, np.ndarray], dict, 
             f"ICT-FaceKit is not installed in {d}. Install it with 'facerender model install ict-facekit "
             f"[--from ARCHIVE_OR_FOLDER]' or morphable_models.ict.install_ict(...)"
         )
+    from .store import add_missing_manifest, verify_manifest
+
+    fix = REPAIR_HINT
+    verify_manifest(d, fix=fix)  # size and per-array checksums from the zip directory (a few KB read)
     try:
         meta = json.loads((d / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{d}: meta.json is unreadable ({type(e).__name__}: {e}); {fix}") from None
+    try:
         with np.load(d / "model.npz", allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
-        raise ModelFileError(f"{d}: the cached model is unreadable ({e}); reinstall with --force") from None
-    if meta.get("cache_version") != CACHE_VERSION:
-        raise ModelFileError(f"{d}: cache version {meta.get('cache_version')} != {CACHE_VERSION}; reinstall")
+            arrays = {k: z[k] for k in z.files}  # numpy verifies each array's CRC-32 while reading
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError, EOFError) as e:
+        raise ModelFileError(f"{d}: model.npz is unreadable ({type(e).__name__}: {e}); {fix}") from None
+    if not isinstance(meta, dict) or meta.get("cache_version") != CACHE_VERSION:
+        got = meta.get("cache_version") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelFileError(f"{d}: cache version {got} != {CACHE_VERSION}; {fix}")
+    missing = [k for k in REQUIRED_ARRAYS if k not in arrays]
+    if missing:
+        raise ModelFileError(f"{d}: model.npz lacks {', '.join(missing)}; {fix}")
+    if not verify_manifest(d, arrays, fix=fix):
+        add_missing_manifest(d, arrays, str(d / "model.npz"))  # installed before manifests existed
+    for k in ("expression_names", "fitting_expressions", "identity_names"):
+        if k not in meta:
+            raise ModelFileError(f"{d}: meta.json lacks {k!r}; {fix}")
     return arrays, meta, d
+
+
+def cache_problem(home: Optional[PathLike] = None) -> Optional[str]:
+    """What is wrong with the installed cache (None: it loads and passes every check). Reads the whole cache (about
+    0.2 s); :func:`install_ict` uses it to repair a broken cache without ``force``."""
+    try:
+        _read_cache(home)
+    except (ModelFileError, ModelNotInstalledError) as e:
+        return str(e)
+    return None
 
 
 def ict_landmarks() -> Dict[str, LandmarkEmbedding]:
