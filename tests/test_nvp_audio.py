@@ -14,7 +14,7 @@ from facerender.audio import (AudioFeatures, MelConfig, MelStream, compute_featu
                               save_features, stream_audio, to_mono, window_starts)
 from facerender.audio.mel import hz_to_mel, mel_to_hz
 from facerender.errors import AudioError, VideoError
-from neural_renderers.nvp import (Audio2ExpressionConfig, Audio2ExpressionMethod, Audio2ExpressionNet, ClipData,
+from neural_renderers.nvp import (Audio2ExpressionConfig, Audio2ExpressionMethod, Audio2ExpressionNet,
                                   FrameSequenceDataset, TemporalFilter, context_offsets, fit_identity_map,
                                   mouth_weights, mouth_weights_from_model, temporal_loss, train_simple, vertex_gram,
                                   vertex_loss, vertex_rms)

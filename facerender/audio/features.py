@@ -33,18 +33,17 @@ syllable rates was tried first and does not separate: music beats sit at 2-8 Hz 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..errors import AudioError
-from .decode import SPEECH_RATE, AudioInfo, resample, stream_audio, to_mono
+from .decode import AudioInfo, resample, stream_audio, to_mono
 from .mel import MelConfig, MelStream
 
 log = logging.getLogger(__name__)

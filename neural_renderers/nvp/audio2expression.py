@@ -27,12 +27,10 @@ frozen shared codes of its tracked frames.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -401,7 +399,7 @@ class Audio2ExpressionMethod(nn.Module):
         return torch.stack([o.expression for o in outs], dim=1), outs[1].expression_center
 
     def training_step(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        """Scalar losses of one batch: ``absolute``, ``center``, ``temporal`` (vertex RMS, model units) and ``total``."""
+        """Scalar losses of one batch: ``absolute``, ``center``, ``temporal`` (vertex RMS, model units), ``total``."""
         windows = batch["windows"]
         target = batch["expression"].to(windows)
         identity = batch["identity"].to(windows.device)
