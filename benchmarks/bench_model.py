@@ -38,6 +38,16 @@ def main(argv=None):
             t = time.perf_counter()
             ict.install_ict(src, home=home, progress=False)
             rows.append(("install from archive (parse 158 OBJs, write cache)", "-", (time.perf_counter() - t) * 1e3))
+            # a clone (FaceXModel/ two folders down), as tests/test_ict.py installs it; its old limit was 20 s
+            import tarfile
+
+            clone = Path(home) / "clone" / "deep" / "nest"
+            clone.mkdir(parents=True)
+            with tarfile.open(src) as tf:
+                tf.extractall(clone, filter="data")
+            t = time.perf_counter()
+            ict.install_ict(Path(home) / "clone", home=Path(home) / "h2", progress=False)
+            rows.append(("install from a folder (FaceXModel/ at depth 3)", "-", (time.perf_counter() - t) * 1e3))
         load_ict(home)
         rows.append(("load cache", "-", median_ms(lambda: load_ict(home), max(3, args.repeats // 4), warmup=1)))
         model = load_ict(home)
@@ -57,6 +67,8 @@ def main(argv=None):
                 rows.append((f"forward+backward {name}", B, median_ms(fb, max(5, args.repeats // 2))))
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
+    print("Wall-clock limits are printed here, not asserted in tests (issue 19): the tests used to require load cache "
+          "< 500 ms and install from a folder < 20000 ms, which fail on a busy machine.")
     print("| operation | batch | median ms |")
     print("|---|---|---|")
     for op, b, ms in rows:

@@ -90,7 +90,7 @@ def test_dlib_nme_per_photo(dlib_ready, photos, name):
     print(f"\n{name}: {image.shape[1]}x{image.shape[0]}, {len(faces)} face(s), NME {err:.2f} %, "
           f"detection {1000 * t_detect:.0f} ms, 68 points {1000 * t_points:.1f} ms")
     assert err == pytest.approx(EXPECTED_NME[name], abs=0.05)
-    assert t_detect < 2.0  # measured 3-160 ms (takeo 225x150 .. breakingbad 1920x1080); loose for busy machines
+    # the times are printed, not asserted (3-160 ms measured; wall-clock limits fail on a busy machine)
     # The same face through the default path (largest face) gives the same points.
     default = detect_landmarks(image)
     if max(faces, key=lambda f: f.area) == face:

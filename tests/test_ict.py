@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -136,11 +135,12 @@ def test_submodel_consistent(ict_model, ict_face_model):
     assert "ibug68" not in teeth.landmarks and teeth.num_vertices == 4412
 
 
-def test_load_time(ict_home):
-    load_ict(ict_home)  # warm the file cache
-    t = time.perf_counter()
-    load_ict(ict_home)
-    assert time.perf_counter() - t < 0.5
+def test_load_repeats_exactly(ict_home):
+    """Loading twice gives the same model (the load time is measured by benchmarks/bench_model.py, not asserted:
+    wall-clock limits fail on a busy machine)."""
+    a, b = load_ict(ict_home), load_ict(ict_home)
+    assert torch.equal(a.template, b.template) and torch.equal(a.faces, b.faces)
+    assert torch.equal(a.expression_basis, b.expression_basis) and a.expression_names == b.expression_names
 
 
 # ---------------------------------------------------------------------------------------------- install paths
@@ -167,9 +167,7 @@ def _small_facex(facex_dir: Path, dest: Path, drop=None, corrupt=None):
 def test_install_from_folder_any_depth(facex_dir, tmp_path):
     src = _small_facex(facex_dir, tmp_path / "src")
     home = tmp_path / "home"
-    t = time.perf_counter()
-    d = ict.install_ict(src, home=home, progress=False)
-    assert time.perf_counter() - t < 20
+    d = ict.install_ict(src, home=home, progress=False)  # its time: benchmarks/bench_model.py
     m = load_ict(home)
     assert m.num_vertices == 26719
     assert "MIT" in (d / "LICENSE").read_text()
