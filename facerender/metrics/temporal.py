@@ -90,22 +90,24 @@ def _absdiff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a.astype(np.float32) - b.astype(np.float32)).mean(-1) * np.float32(255.0)
 
 
+_GRIDS: dict = {}
+
+
 def _warp_to_canvas(img: np.ndarray, A: np.ndarray, t: np.ndarray, size: int) -> np.ndarray:
     """Bilinear samples of ``img`` ``(H, W)`` at the frame positions ``A @ canvas + t`` of the ``size^2`` canvas
-    pixel centres (package convention); NaN where the position falls outside the frame."""
-    import torch
-    import torch.nn.functional as F
+    pixel centres (package convention); NaN where the position falls outside the frame. (SciPy, one thread: a
+    torch ``grid_sample`` here is slower on a busy 2-core machine.)"""
+    from scipy import ndimage as ndi
 
-    H, W = img.shape
-    c = torch.arange(size, dtype=torch.float64) + 0.5
-    v, u = torch.meshgrid(c, c, indexing="ij")
-    x = A[0, 0] * u + A[0, 1] * v + t[0]
-    y = A[1, 0] * u + A[1, 1] * v + t[1]
-    grid = torch.stack([x / W * 2 - 1, y / H * 2 - 1], -1)[None].float()
-    out = F.grid_sample(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None], grid,
-                        mode="bilinear", padding_mode="border", align_corners=False)[0, 0].numpy()
-    inside = ((x >= 0.5) & (x <= W - 0.5) & (y >= 0.5) & (y <= H - 0.5)).numpy()
-    return np.where(inside, out, np.nan)
+    grid = _GRIDS.get(size)
+    if grid is None:
+        c = np.arange(size, dtype=np.float64) + 0.5
+        grid = _GRIDS.setdefault(size, np.meshgrid(c, c, indexing="xy"))  # u (columns), v (rows)
+    u, v = grid
+    x = A[0, 0] * u + A[0, 1] * v + (t[0] - 0.5)  # array index coordinates: pixel centres at integers
+    y = A[1, 0] * u + A[1, 1] * v + (t[1] - 0.5)
+    return ndi.map_coordinates(np.asarray(img, dtype=np.float32), [y, x], order=1, cval=np.nan,
+                               prefilter=False)
 
 
 class SeamMeter:

@@ -22,6 +22,7 @@ counted (``faceless``) and left out of the figures that need it, never fatal. Fi
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -271,15 +272,20 @@ def _bar(total: int, desc: str, enabled: bool):
 class _Frames:
     """Frames of a video by index: streamed when the indices never go back, else from an in-memory cache."""
 
-    def __init__(self, reader, indices: np.ndarray):
+    def __init__(self, reader, indices: np.ndarray, cache: Optional[Dict[int, np.ndarray]] = None):
         self.reader = reader
-        valid = indices[indices >= 0]
-        self.cache: Optional[Dict[int, np.ndarray]] = None
-        if len(valid) > 1 and np.any(np.diff(valid) < 0):
-            need = set(int(i) for i in valid)
+        self.cache: Optional[Dict[int, np.ndarray]] = cache
+        if cache is None and self.needs_cache(indices):
+            need = set(int(i) for i in indices[indices >= 0])
             self.cache = {f.index: f.image for f in reader if f.index in need}
         self._it: Optional[Iterator] = None
         self._cur: Optional[Tuple[int, np.ndarray]] = None
+
+    @staticmethod
+    def needs_cache(indices: np.ndarray) -> bool:
+        """True when the indices go back somewhere (loop / ping-pong): the frames are then kept in memory."""
+        valid = indices[indices >= 0]
+        return bool(len(valid) > 1 and np.any(np.diff(valid) < 0))
 
     def get(self, i: int) -> Optional[np.ndarray]:
         if i < 0:
@@ -320,9 +326,14 @@ def _choose_order(kind: str, n_out: int, fps_out: float, n_in: int, fps_in: floa
     ks = np.unique(np.linspace(int(n_in / fps_in * fps_out) + 1, n_out - 1, 6).round().astype(int))
     idx = {o: match_frames(n_out, fps_out, n_in, fps_in, o)[ks] for o in cands}
     need_in = set(int(i) for v in idx.values() for i in v)
-    tgt = {f.index: f.image[::4, ::4].astype(np.float32) for f in _reader(input_path, kind) if f.index in need_in}
-    res = {f.index: f.image[::4, ::4].astype(np.float32) for f in _reader(result_path, "result")
-           if f.index in set(int(k) for k in ks)}
+    need_out = set(int(k) for k in ks)
+
+    def frames(path, what, need):
+        return {f.index: f.image[::4, ::4].astype(np.float32)
+                for f in itertools.islice(_reader(path, what), max(need) + 1) if f.index in need}
+
+    tgt = frames(input_path, kind, need_in)
+    res = frames(result_path, "result", need_out)
     cost = {}
     for o in cands:
         d = [np.abs(res[int(k)] - tgt[int(i)]).mean() for k, i in zip(ks, idx[o])
@@ -421,13 +432,18 @@ def evaluate(source: PathLike, target: PathLike, result: PathLike, reference: Op
         timings[name] = timings.get(name, 0.0) + now - t_stage
         t_stage = now
 
-    # ---- target: landmarks of every frame, descriptors every target_identity_stride-th
+    # ---- target: landmarks of every frame, descriptors every target_identity_stride-th (and the frames the
+    # output needs, when the target plays back and forth)
+    tgt_cache = {} if _Frames.needs_cache(ti) else None
+    tgt_need = set(int(i) for i in ti if i >= 0)
     tgt_lm = np.full((n_tgt, 68, 2), np.nan)
     tgt_desc_img, tgt_desc_lm = [], []
     bar = _bar(n_tgt, "target", cfg.progress)
     for f in r_tgt:
         if f.index >= n_tgt:
             break
+        if tgt_cache is not None and f.index in tgt_need:
+            tgt_cache[f.index] = f.image
         lm = _landmarks(f.image)
         if lm is not None:
             tgt_lm[f.index] = lm
@@ -450,7 +466,7 @@ def evaluate(source: PathLike, target: PathLike, result: PathLike, reference: Op
     psnrs, ssims = [], []
     ref_desc_img, ref_desc_lm, ref_desc_k = [], [], []
     seam = SeamMeter(cfg.seam_config) if cfg.seam else None
-    tgt_frames = _Frames(r_tgt, ti)
+    tgt_frames = _Frames(r_tgt, ti, tgt_cache)
     ref_frames = _Frames(r_ref, ri) if r_ref is not None else None
     bar = _bar(N, "result", cfg.progress)
     for f in r_res:
