@@ -17,46 +17,21 @@ __all__ = ["add_train_parser", "run_train", "run_reenact_neural", "NEURAL_METHOD
 NEURAL_METHODS = ("dvp",)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return v
-
-
 def _power_of_two(text: str) -> int:
-    v = _positive_int(text)
-    if v < 16 or v & (v - 1):
+    """argparse type: a crop side, a power of two >= 16."""
+    from facerender.cli_support import int_in
+
+    v = int_in(16)(text)
+    if v & (v - 1):
         raise argparse.ArgumentTypeError(f"must be a power of two >= 16 (e.g. 128 or 256), got {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not (v > 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
     return v
 
 
 def add_train_parser(sub) -> None:
     """Add ``train`` (with one subcommand per method) to the ``facerender`` subparsers ``sub``."""
-    from facerender.cli_support import fraction_in  # argparse types (docs/errors.md); no torch
+    # argparse types of docs/errors.md (no torch)
+    from facerender.cli_support import fraction_in, nonnegative_int, positive_float, positive_int
+
     pt = sub.add_parser("train", help="train a neural renderer (Deep Video Portraits ...) on a video",
                         description="Train a neural renderer. Multi-process / multi-GPU: torchrun --nproc_per_node N "
                                     "$(which facerender) train ...")
@@ -68,38 +43,38 @@ def add_train_parser(sub) -> None:
     pd.add_argument("-o", "--output", required=True, help="the run folder (checkpoints, samples, logs)")
     pd.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     pd.add_argument("--size", type=_power_of_two, default=256, help="crop side in pixels: 128 or 256 (paper: 256)")
-    pd.add_argument("--window", type=_positive_int, default=11, help="conditioning frames per input (paper: 11)")
-    pd.add_argument("--steps", type=_positive_int, default=10000, help="optimisation steps (total, also on resume)")
-    pd.add_argument("--max-minutes", type=_positive_float, default=None,
+    pd.add_argument("--window", type=positive_int, default=11, help="conditioning frames per input (paper: 11)")
+    pd.add_argument("--steps", type=positive_int, default=10000, help="optimisation steps (total, also on resume)")
+    pd.add_argument("--max-minutes", type=positive_float, default=None,
                     help="stop earlier, with a checkpoint, after this many minutes of training (--resume continues)")
-    pd.add_argument("--max-channels", type=_positive_int, default=512,
+    pd.add_argument("--max-channels", type=positive_int, default=512,
                     help="generator width cap (paper: 512; 256 halves the CPU time)")
-    pd.add_argument("--disc-channels", type=_positive_int, default=64, help="discriminator width (paper: 64)")
+    pd.add_argument("--disc-channels", type=positive_int, default=64, help="discriminator width (paper: 64)")
     pd.add_argument("--dropout", type=fraction_in(0.0, 1.0), default=0.5,
                     help="dropout in the three innermost decoder modules (pix2pix / DVP: 0.5)")
-    pd.add_argument("--batch-size", type=_positive_int, default=4,
+    pd.add_argument("--batch-size", type=positive_int, default=4,
                     help="global batch (split over torchrun processes)")
-    pd.add_argument("--base-channels", type=_positive_int, default=64, help="generator width (paper: 64)")
+    pd.add_argument("--base-channels", type=positive_int, default=64, help="generator width (paper: 64)")
     pd.add_argument("--gan-mode", choices=["vanilla", "lsgan", "hinge", "wgan"], default="vanilla",
                     help="adversarial loss (paper: vanilla cGAN)")
-    pd.add_argument("--lambda-l1", type=_positive_float, default=100.0, help="weight of the L1 loss (paper: 100)")
-    pd.add_argument("--lr", type=_positive_float, default=2e-4, help="Adam learning rate of both networks")
+    pd.add_argument("--lambda-l1", type=positive_float, default=100.0, help="weight of the L1 loss (paper: 100)")
+    pd.add_argument("--lr", type=positive_float, default=2e-4, help="Adam learning rate of both networks")
     pd.add_argument("--vgg-weights", default=None,
                     help="a torchvision-format VGG-19 state dict: adds a VGG feature loss (--lambda-vgg)")
-    pd.add_argument("--lambda-vgg", type=_positive_float, default=None, help="weight of the VGG loss (default 10)")
+    pd.add_argument("--lambda-vgg", type=positive_float, default=None, help="weight of the VGG loss (default 10)")
     pd.add_argument("--val-fraction", type=fraction_in(0.0, 1.0), default=0.15,
                     help="held-out end of the video (default 0.15)")
-    pd.add_argument("--max-frames", type=_positive_int, default=None, help="track only the first frames")
-    pd.add_argument("--crop-scale", type=_positive_float, default=1.7, help="crop side / median face size")
-    pd.add_argument("--checkpoint-every", type=_positive_int, default=1000, help="steps between checkpoints")
-    pd.add_argument("--sample-every", type=_positive_int, default=500, help="steps between sample grids")
-    pd.add_argument("--val-every", type=_nonneg_int, default=1000, help="steps between validation passes (0: end)")
-    pd.add_argument("--workers", type=_nonneg_int, default=0, help="DataLoader workers per process")
+    pd.add_argument("--max-frames", type=positive_int, default=None, help="track only the first frames")
+    pd.add_argument("--crop-scale", type=positive_float, default=1.7, help="crop side / median face size")
+    pd.add_argument("--checkpoint-every", type=positive_int, default=1000, help="steps between checkpoints")
+    pd.add_argument("--sample-every", type=positive_int, default=500, help="steps between sample grids")
+    pd.add_argument("--val-every", type=nonnegative_int, default=1000, help="steps between validation passes (0: end)")
+    pd.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader workers per process")
     pd.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     pd.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
                     help="mixed precision (auto: bf16 on CUDA, off on CPU)")
-    pd.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
-    pd.add_argument("--seed", type=_nonneg_int, default=0, help="seed of weights, data order and sampling")
+    pd.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    pd.add_argument("--seed", type=nonnegative_int, default=0, help="seed of weights, data order and sampling")
     pd.add_argument("--no-progress", action="store_true", help="no progress bar")
     pd.set_defaults(func=run_train)
 
@@ -111,22 +86,14 @@ def run_train(args) -> int:
     if not args.resume and args.target is None and args.video is None:
         print("facerender train dvp: error: give --target VIDEO|TRACK_DIR (or --resume)", file=sys.stderr)
         return 2
-    if not 0 <= args.val_fraction < 1:
-        print(f"facerender train dvp: error: --val-fraction must lie in [0, 1), got {args.val_fraction}",
-              file=sys.stderr)
-        return 2
     lambda_vgg = args.lambda_vgg if args.lambda_vgg is not None else (10.0 if args.vgg_weights else 0.0)
-    if not 0 <= args.dropout < 1:
-        print(f"facerender train dvp: error: --dropout must lie in [0, 1), got {args.dropout}", file=sys.stderr)
-        return 2
     cfg = DVPConfig(size=args.size, window=args.window, base_channels=args.base_channels,
                     max_channels=args.max_channels, disc_channels=args.disc_channels, dropout=args.dropout,
-                    gan_mode=args.gan_mode,
-                    lambda_l1=args.lambda_l1, lr=args.lr, vgg_weights=args.vgg_weights, lambda_vgg=lambda_vgg,
-                    disc_norm="instance" if args.gan_mode == "wgan" else "batch")
+                    gan_mode=args.gan_mode, lambda_l1=args.lambda_l1, lr=args.lr, vgg_weights=args.vgg_weights,
+                    lambda_vgg=lambda_vgg, disc_norm="instance" if args.gan_mode == "wgan" else "batch")
     tc = TrainConfig(steps=args.steps, max_minutes=args.max_minutes, batch_size=args.batch_size,
-                     num_workers=args.workers, seed=args.seed, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
-                     val_every=args.val_every, amp=args.amp, device=args.device, threads=args.threads,
+                     num_workers=args.workers, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                     sample_every=args.sample_every, val_every=args.val_every, amp=args.amp, device=args.device, threads=args.threads,
                      progress=not args.no_progress)
     res = train_dvp(args.target, args.output, config=cfg, train=tc, video=args.video, resume=args.resume,
                     val_fraction=args.val_fraction, max_frames=args.max_frames, crop_scale=args.crop_scale,
