@@ -341,7 +341,9 @@ def test_batched_equals_one_at_a_time_and_bf16(net, faces):
         d = net(batch)
         one = torch.cat([net(batch[i:i + 1]) for i in range(3)])
         torch.testing.assert_close(d, one, rtol=1e-4, atol=1e-5)
-        bf = DlibFaceNet.from_dlib(dtype=torch.bfloat16)(batch)
+        net_bf = DlibFaceNet.from_dlib(dtype=torch.bfloat16)
+        bf = net_bf(batch)
+        assert float(IdentityLoss(net_bf)(batch, d)) < 0.01  # float32 images, a bf16 network, float32 targets
     assert bf.dtype == torch.bfloat16
     assert cosine_similarity(bf.float(), d).min() > 0.99
     # the network's dtype casts the input; a wrong device or shape is refused

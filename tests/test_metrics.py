@@ -257,7 +257,7 @@ def clips(video_dir, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("clips")
     frames = [f.image for f in itertools.islice(VideoReader(video_dir / "talking_d3.mp4"), 12)]
-    paths = {"orig": d / "orig.mp4", "shift": d / "shift.mp4", "half": d / "half.mp4"}
+    paths = {"orig": d / "orig.mp4", "shift": d / "shift.mp4", "half": d / "half.mp4", "gap": d / "gap.mp4"}
     with VideoWriter(paths["orig"], fps=30, crf=0) as w:
         for f in frames:
             w.write(f)
@@ -267,6 +267,9 @@ def clips(video_dir, tmp_path_factory):
     with VideoWriter(paths["half"], fps=15, crf=0) as w:
         for f in frames[::2]:
             w.write(f)
+    with VideoWriter(paths["gap"], fps=30, crf=0) as w:  # frames 3-5 show no face
+        for k, f in enumerate(frames):
+            w.write(np.zeros_like(f) + 90 if 3 <= k <= 5 else f)
     return paths
 
 
@@ -304,6 +307,15 @@ def test_evaluate_shifted_copy_and_frame_rates(dlib_ready_metrics, clips):
     assert ev.pose_error_source == pytest.approx(0.0, abs=0.01)  # aligned: the shift is removed
     assert "15.000 fps" in ev.matching["reference"] and "by time" in ev.matching["reference"]
     assert ev.psnr < 40 and ev.csim_target > 0.95
+
+
+def test_evaluate_counts_frames_without_a_face(dlib_ready_metrics, clips):
+    ev = evaluate(clips["orig"], clips["orig"], clips["gap"], config=EvaluateConfig(expression=False, seam=False,
+                                                                                   identity_stride=1))
+    assert ev.faceless["result"] == 3 and ev.faceless_result == [3, 4, 5]
+    assert ev.descriptors["result"] == 9  # the faceless frames give no descriptor
+    assert ev.pose_error_target == pytest.approx(0.0, abs=1e-9)  # the other 9 frames are the target's
+    assert "| 3 / 0 / 0 |" in ev.table()
 
 
 def test_evaluate_bad_input(tmp_path, clips):
