@@ -24,8 +24,13 @@ With ``--checks`` too: two more families on the unsmoothed fits, a robust (itera
 smoother and Whittaker smoothing plus an oracle per-point offset (each landmark's mean offset from the detections over
 the run, i.e. the best per-video correction of the landmark correspondences).
 
+With ``--frontier``: the restated steadiness figure of each track (docs/tracking.md): over its longest run of
+solved frames, the tracker's distance to the raw detections against the fixed-identity frontier (the Whittaker family
+above with the best fixed identity, interpolated at the tracker's own jitter ratio), and its distance to the smoothed
+detections it solved against next to the single-image fit's distance to the raw ones.
+
 Usage: python benchmarks/tracking_distance_floor.py TRACK_DIR [TRACK_DIR ...] [--every 5] [--rounds 6] [--sweep]
-       [--checks]
+       [--checks] [--frontier]
 """
 from __future__ import annotations
 
@@ -35,43 +40,18 @@ import time
 import numpy as np
 import torch
 
-from facerender.fitting.landmark_fit import LandmarkFitConfig, fit_landmarks
+from facerender.fitting.landmark_fit import fit_landmarks
 from facerender.fitting.landmark_np import LandmarkEnergyNp, rodrigues_np
-from facerender.fitting.params import Block, ParameterLayout
+from facerender.tracking.tracker import landmark_identity
 from facerender.tracking.video import landmark_jitter, load_track
 from morphable_models import load_ict
 
 
 def best_fixed_identity(model, det, conf, pp, size, focal, start, rounds=6, cfg=None):
-    """Alternate per-frame fits (identity fixed) and one joint Gauss-Newton identity step over all frames (pose,
-    expression and the contour held); returns the identity with the lowest mean distance and that distance."""
-    cfg = cfg or LandmarkFitConfig()
-    n = det.shape[0]
-    T, C, PP = det.double().numpy(), conf.double().numpy(), pp.double().numpy()
-    dp = cfg.w_identity / model.identity_std.double().numpy() ** 2
-    lay = ParameterLayout([Block("identity", model.num_identity)])
-    a = start.double().numpy().copy()
-    best = (np.inf, a)
-    for _ in range(rounds):
-        res = fit_landmarks(model, det, size, conf, focal=focal, principal_point=pp,
-                            fixed_identity=torch.as_tensor(a, dtype=det.dtype)[None].expand(n, -1))
-        d = float(np.linalg.norm(res.landmarks_2d.double().numpy() - T, axis=-1).mean())
-        if d < best[0]:
-            best = (d, a.copy())
-        for _ in range(2):
-            Hs, gs = np.zeros((a.size, a.size)), np.zeros(a.size)
-            for k in range(n):
-                term = LandmarkEnergyNp(model, T[k], C[k], cfg.w_landmark, cfg.sliding_contour, cfg.huber, {})
-                rot, t = res.rotation[k].double().numpy(), res.translation[k].double().numpy()
-                ex = res.expression[k].double().numpy()
-                term.freeze(rodrigues_np(rot)[0], t, np.concatenate([a, ex]), focal, PP[k])
-                H, g, _ = term.normal_equations(a.copy(), lay, {"rotation": rot, "translation": t, "expression": ex,
-                                                                "focal": np.array([focal])}, PP[k])
-                Hs += H
-                gs += g
-            Hs[np.diag_indices(a.size)] += dp + 1e-6 * np.diagonal(Hs)
-            a = a - np.linalg.solve(Hs, gs + dp * a)
-    return best[1], best[0]
+    """The landmark-optimal fixed identity of the frames (:func:`facerender.tracking.tracker.landmark_identity`:
+    alternating per-frame fits and joint Gauss-Newton identity steps) and its mean distance."""
+    return landmark_identity(model, det.double().numpy(), conf.double().numpy(), size, focal,
+                             pp[0].double().numpy(), start.double().numpy(), rounds, cfg)
 
 
 def floor_row(model, path, every, rounds):
@@ -130,13 +110,7 @@ def sweep(model, path, identity, windows=("1", "3x0.25", "3x0.5", "3x0.75", "3",
     from scipy.signal import savgol_filter
 
     tr = load_track(path)
-    good = np.array([bool(tr.face_found[i]) and not {"bridged", "reinitialised", "nan_replaced"}
-                     & set(str(tr.flags[i]).split(",")) for i in range(len(tr.index))])
-    # the longest run of consecutive solved frames
-    edges = np.flatnonzero(np.diff(np.r_[0, good.astype(np.int8), 0]))
-    starts, ends = edges[::2], edges[1::2]
-    k = int(np.argmax(ends - starts))
-    sel = slice(int(starts[k]), int(ends[k]))
+    sel = longest_run(tr)  # the longest run of consecutive solved frames
     raw = np.asarray(tr.landmarks[sel], np.float64)
     conf = torch.as_tensor(tr.landmark_confidence[sel], dtype=torch.float32)
     n = raw.shape[0]
@@ -181,6 +155,53 @@ def sweep(model, path, identity, windows=("1", "3x0.25", "3x0.5", "3x0.75", "3",
     return n, out
 
 
+FRONTIER_WEIGHTS = ("wh0.02", "wh0.05", "wh0.1", "wh0.2", "wh0.3", "wh0.5", "wh0.7", "wh1", "wh1.5", "wh2", "wh3",
+                    "wh5")
+
+
+def longest_run(tr):
+    """The longest run of consecutive solved frames of a track (a slice)."""
+    good = np.array([bool(tr.face_found[i]) and not {"bridged", "reinitialised", "nan_replaced", "reseeded",
+                                                     "restarted", "redetected"} & set(str(tr.flags[i]).split(","))
+                     for i in range(len(tr.index))])
+    edges = np.flatnonzero(np.diff(np.r_[0, good.astype(np.int8), 0]))
+    starts, ends = edges[::2], edges[1::2]
+    k = int(np.argmax(ends - starts))
+    return slice(int(starts[k]), int(ends[k]))
+
+
+def frontier_row(model, path, identity, every=1):
+    """The restated steadiness figure of a track (docs/tracking.md): over its longest run of solved frames, the
+    tracker's jitter ratio and its distance to the raw detections against the fixed-identity frontier at that
+    jitter (per-frame fits with ``identity`` on Whittaker-smoothed detections, the weights of
+    :data:`FRONTIER_WEIGHTS`, interpolated linearly in the jitter ratio), and its distance to the smoothed
+    detections it was given against the single-image fit's distance to the raw ones (identity free, every
+    ``every``-th frame of the run)."""
+    tr = load_track(path)
+    sel = longest_run(tr)
+    raw = np.asarray(tr.landmarks[sel], np.float64)
+    det_jit = landmark_jitter([raw])[0]
+    ratio = landmark_jitter([np.asarray(tr.model_landmarks_2d[sel], np.float64)])[0] / det_jit
+    fitted = np.asarray(tr.landmarks_2d[sel], np.float64)
+    dist = float(np.linalg.norm(fitted - raw, axis=-1).mean())
+    dist_smooth = float(np.linalg.norm(fitted - np.asarray(tr.landmarks_smoothed[sel], np.float64), axis=-1).mean())
+    idx = np.arange(sel.start, sel.stop)[::every]
+    n = len(idx)
+    det = torch.as_tensor(tr.landmarks[idx], dtype=torch.float32)
+    pp = torch.as_tensor(np.asarray(tr.principal_point, np.float32))[None].expand(n, 2)
+    single = fit_landmarks(model, det, tuple(int(v) for v in tr.image_size),
+                           torch.as_tensor(tr.landmark_confidence[idx], dtype=torch.float32), focal=float(tr.focal),
+                           principal_point=pp).landmarks_2d.double().numpy()
+    single_d = float(np.linalg.norm(single - det.double().numpy(), axis=-1).mean())
+    _, rows = sweep(model, path, identity, windows=FRONTIER_WEIGHTS)
+    pts = sorted((j, d) for _, j, d in rows)
+    js, ds = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    front = float(np.interp(ratio, js, ds))
+    return {"track": str(path), "frames": sel.stop - sel.start, "ratio": ratio, "dist_raw": dist, "frontier": front,
+            "gap": dist - front, "dist_smoothed": dist_smooth, "single": single_d, "frontier_points": pts,
+            "extrapolated": bool(ratio < js.min() or ratio > js.max())}
+
+
 def robust_whittaker(series, anchor, lam, eps=0.05, iterations=30):
     """Whittaker smoothing of each of ``series`` (arrays ``(T, P, 2)``) with an L1-like fidelity per point: iteratively
     reweighted by ``1 / max(|x_t - anchor_t|, eps)`` (the weights from the smoothed ``anchor``, the first series)."""
@@ -208,6 +229,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--checks", action="store_true", help="with --sweep: the robust smoother and the offset oracle")
+    ap.add_argument("--frontier", action="store_true",
+                    help="the restated steadiness figure: the tracker against the fixed-identity frontier at its "
+                         "jitter, and its distance to the smoothed detections against the single-image fit's")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_ict()
@@ -219,6 +243,18 @@ def main(argv=None):
         print(f"| {r['track']} | {r['frames']} | {r['tracked']:.2f} | {r['single_free']:.2f} | "
               f"{r['single_track_id']:.2f} | {r['single_best_id']:.2f} | {r['free_id_smoothed']:.2f} | "
               f"{r['track_id_norm']:.1f} / {r['best_id_norm']:.1f} |")
+    if args.frontier:
+        print("\nThe steadiness figure (longest run of solved frames): the tracker's distance to the raw detections "
+              "against the fixed-identity frontier at the tracker's jitter (target: gap <= 0.15 px), and its distance "
+              "to the smoothed detections against the single-image fit's to the raw ones (target: <=)")
+        print("| track | frames | jitter ratio | tracked, raw | frontier | gap | tracked, smoothed | single-image, raw |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            f = frontier_row(model, r["track"], r["best_identity"])
+            print(f"| {f['track']} | {f['frames']} | {f['ratio']:.2f} | {f['dist_raw']:.2f} | {f['frontier']:.2f}"
+                  f"{' (extrapolated)' if f['extrapolated'] else ''} | {f['gap']:+.2f} | {f['dist_smoothed']:.2f} | "
+                  f"{f['single']:.2f} |")
+            print("  frontier (ratio / px): " + ", ".join(f"{j:.2f} / {d:.2f}" for j, d in f["frontier_points"]))
     if args.sweep:
         print("\nFixed-identity trackers (best fixed identity, per-frame landmark fits of smoothed detections: "
               "Savitzky-Golay windows, 3-frame blends, Whittaker weights): jitter ratio / distance to the raw "

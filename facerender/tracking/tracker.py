@@ -61,6 +61,12 @@ class TrackerConfig:
         bundle_iterations, bundle_levels: bundling budget; bundle_size: crop side during bundling.
         max_bridge: frames a lost face is bridged with the prediction before the pose is frozen.
         albedo: per-vertex albedo settings.
+        landmark_identity: when :meth:`FaceTracker.bundle` is given ``identity_landmarks`` (``track_video`` gives the
+            keyframe candidates: up to 60 frames spread over the video), the identity is the fixed identity that
+            best explains all of them (:func:`landmark_identity`, with the landmark fit's identity prior) and is
+            held fixed in the photometric bundling (which then estimates pose, expression, light and the albedo);
+            False: the identity of the joint photometric bundling of the keyframes (before 2026-12).
+        identity_rounds: alternations of :func:`landmark_identity`.
     """
 
     landmark: LandmarkFitConfig = field(default_factory=LandmarkFitConfig)
@@ -80,6 +86,8 @@ class TrackerConfig:
     bundle_size: int = 192
     max_bridge: int = 30
     albedo: AlbedoConfig = field(default_factory=AlbedoConfig)
+    landmark_identity: bool = False
+    identity_rounds: int = 4
 
 
 @dataclass
@@ -166,8 +174,12 @@ class FaceTracker:
 
     # ------------------------------------------------------------------------------------------------ bundling
     def bundle(self, frames: Sequence[np.ndarray], landmarks: Sequence[np.ndarray],
-               confidences: Optional[Sequence[np.ndarray]] = None) -> dict:
-        """Estimate identity (and albedo) jointly over keyframes. Returns the per-video parameters."""
+               confidences: Optional[Sequence[np.ndarray]] = None, identity_landmarks: Optional[np.ndarray] = None,
+               identity_confidences: Optional[np.ndarray] = None) -> dict:
+        """Estimate identity (and albedo) jointly over keyframes (``frames``: K ``(H, W, 3)`` uint8, ``landmarks``:
+        K ``(68, 2)``). With ``identity_landmarks (N, 68, 2)`` (and ``identity_confidences (N, 68)``) and
+        ``config.landmark_identity``, the identity is :func:`landmark_identity` of those frames, held fixed in the
+        bundling. Returns the per-video parameters."""
         if len(frames) == 0 or len(frames) != len(landmarks):
             raise FittingError(f"bundle needs as many frames as landmark sets (>= 1), got {len(frames)} frames and "
                                f"{len(landmarks)} landmark sets")
@@ -179,13 +191,22 @@ class FaceTracker:
         # 1. independent landmark fits (batched) for initial poses and expressions
         lres = fit_landmarks(self.model, pts, self.image_size, conf, cfg.landmark, focal=self.focal)
         identity = lres.identity.mean(0)
+        fix_identity = identity_landmarks is not None and cfg.landmark_identity and len(identity_landmarks) > 0
+        if fix_identity:
+            il = np.asarray(identity_landmarks, np.float64).reshape(-1, 68, 2)
+            ic = (np.asarray(identity_confidences, np.float64).reshape(-1, 68) if identity_confidences is not None
+                  else np.ones(il.shape[:2]))
+            ident, _ = landmark_identity(self.model, il, ic, self.image_size, self.focal,
+                                         self.pp[0].cpu().numpy(), identity.detach().cpu().numpy(),
+                                         rounds=cfg.identity_rounds, config=cfg.landmark)
+            identity = torch.as_tensor(ident, dtype=dt, device=dev)
         values = {"rotation": lres.rotation, "translation": lres.translation,
                   "identity": identity.expand(K, -1).clone(), "expression": lres.expression,
                   "focal": torch.full((K, 1), self.focal, dtype=dt, device=dev),
                   "sh": ambient_light(1.0, K, dtype=dt, device=dev).reshape(K, 27)}
         # 2. joint landmark (+ colour) bundling with a shared identity
         images = [torch.from_numpy(np.ascontiguousarray(f)).to(dt) / 255.0 for f in frames]
-        values, albedo = self._bundle_photometric(images, pts, conf, values)
+        values, albedo = self._bundle_photometric(images, pts, conf, values, fix_identity)
         self.identity = values["identity"][0].clone()
         self.albedo = albedo
         self._id_model = model_with_identity(self.model, self.identity)
@@ -198,7 +219,7 @@ class FaceTracker:
         # the keyframe mean pose/expression seeds the first frame only if no frame was tracked yet
         return self.video_params
 
-    def _bundle_photometric(self, images, pts, conf, values):
+    def _bundle_photometric(self, images, pts, conf, values, fix_identity: bool = False):
         cfg, dt, dev, model = self.cfg, self.dt, self.dev, self.model
         K = pts.shape[0]
         lc = cfg.landmark
@@ -234,13 +255,14 @@ class FaceTracker:
             terms.append(pterm)
         K_ex = model.num_expression
         # the identity is shared: each of the K items carries 1/K of its prior (the Schur step sums the items)
-        terms += [PriorTerm("identity", cfg.w_identity / K, model.identity_std.to(dt)),
-                  PriorTerm("expression", lc.w_expression, torch.full((K_ex,), lc.expression_sigma, dtype=dt,
-                                                                       device=dev)),
+        if not fix_identity:
+            terms.append(PriorTerm("identity", cfg.w_identity / K, model.identity_std.to(dt)))
+        terms += [PriorTerm("expression", lc.w_expression, torch.full((K_ex,), lc.expression_sigma, dtype=dt,
+                                                                      device=dev)),
                   PriorTerm("sh", cfg.w_sh, torch.ones(27, dtype=dt, device=dev),
                             mean=ambient_light(1.0, 1, dtype=dt, device=dev).reshape(1, 27))]
-        blocks = [Block("identity", model.num_identity), Block("rotation", 3), Block("translation", 3),
-                  Block("expression", K_ex, 0.0, 1.0)]
+        blocks = ([] if fix_identity else [Block("identity", model.num_identity)]) + [
+            Block("rotation", 3), Block("translation", 3), Block("expression", K_ex, 0.0, 1.0)]
         if cfg.photometric:
             blocks.append(Block("sh", 27))
         layout = ParameterLayout(blocks)
@@ -255,7 +277,8 @@ class FaceTracker:
                 albedo = self._albedo_from_samples(pterm, problem, x, estimator, albedo)
                 pterm.albedo = albedo[None].expand(K, -1, -1)
                 pterm.update_samples(kin)
-            x = shared_block_lm(problem, x, layout.slices["identity"], lo, hi, cfg.bundle_iterations)
+            x = shared_block_lm(problem, x, layout.slices.get("identity", slice(0, 0)), lo, hi,
+                                cfg.bundle_iterations)
         values.update(layout.split(x))
         if pterm is not None:
             kin = problem.kinematics(x, False)
@@ -502,6 +525,62 @@ class FaceTracker:
         self._region_model = self._id_model.submodel("face") if self.cfg.photometric else None
         self.video_params = {"identity": d["identity"], "albedo": d.get("albedo"), "focal": self.focal,
                              "principal_point": self.pp[0].cpu().numpy(), "image_size": self.image_size}
+
+
+def landmark_identity(model: LinearFaceModel, landmarks: np.ndarray, confidence: np.ndarray,
+                      image_size: Tuple[int, int], focal: float, principal_point: np.ndarray, start: np.ndarray,
+                      rounds: int = 6, config: Optional[LandmarkFitConfig] = None) -> Tuple[np.ndarray, float]:
+    """The fixed identity that best explains the landmarks of many frames: alternate per-frame landmark fits with
+    that identity held fixed (pose, expression, sliding contour) and joint Gauss-Newton steps on the one identity
+    over all frames (their poses, expressions and contours held), with the landmark fit's identity prior
+    (``config.w_identity``). Returns the identity of the round with the lowest mean distance of the fitted landmarks
+    from ``landmarks``, and that distance (px).
+
+    Args:
+        model: the full model.
+        landmarks: ``(N, 68, 2)`` pixels; confidence: ``(N, 68)``.
+        image_size: ``(H, W)``; focal: px; principal_point: ``(2,)`` px.
+        start: ``(K_id,)`` the first identity.
+        rounds: alternations.
+    """
+    from ..fitting.landmark_np import LandmarkEnergyNp, rodrigues_np
+
+    cfg = config or LandmarkFitConfig()
+    T = np.asarray(landmarks, np.float64).reshape(-1, 68, 2)
+    C = np.asarray(confidence, np.float64).reshape(-1, 68)
+    n = T.shape[0]
+    if n == 0 or C.shape[0] != n:
+        raise ValueError(f"landmark_identity needs N >= 1 landmark sets (N, 68, 2) and confidences (N, 68), got "
+                         f"{T.shape} and {C.shape}")
+    pp = np.asarray(principal_point, np.float64).reshape(2)
+    dt = model.dtype
+    det = torch.as_tensor(T, dtype=dt)
+    conf = torch.as_tensor(C, dtype=dt)
+    ppt = torch.as_tensor(pp, dtype=dt)[None].expand(n, 2)
+    dp = cfg.w_identity / model.identity_std.double().cpu().numpy() ** 2
+    lay = ParameterLayout([Block("identity", model.num_identity)])
+    a = np.asarray(start, np.float64).reshape(-1).copy()
+    best = (np.inf, a.copy())
+    for _ in range(max(1, int(rounds))):
+        res = fit_landmarks(model, det, image_size, conf, cfg, focal=focal, principal_point=ppt,
+                            fixed_identity=torch.as_tensor(a, dtype=dt)[None].expand(n, -1))
+        d = float(np.linalg.norm(res.landmarks_2d.double().numpy() - T, axis=-1).mean())
+        if d < best[0]:
+            best = (d, a.copy())
+        for _ in range(2):
+            Hs, gs = np.zeros((a.size, a.size)), np.zeros(a.size)
+            for k in range(n):
+                term = LandmarkEnergyNp(model, T[k], C[k], cfg.w_landmark, cfg.sliding_contour, cfg.huber, {})
+                rot, t = res.rotation[k].double().numpy(), res.translation[k].double().numpy()
+                ex = res.expression[k].double().numpy()
+                term.freeze(rodrigues_np(rot)[0], t, np.concatenate([a, ex]), focal, pp)
+                H, g, _ = term.normal_equations(a.copy(), lay, {"rotation": rot, "translation": t, "expression": ex,
+                                                                "focal": np.array([focal])}, pp)
+                Hs += H
+                gs += g
+            Hs[np.diag_indices(a.size)] += dp + 1e-6 * np.diagonal(Hs)
+            a = a - np.linalg.solve(Hs, gs + dp * a)
+    return best[1], best[0]
 
 
 def replace_cfg(cfg, **kw):

@@ -38,6 +38,7 @@ there (flagged in the summary). Timestamps are the container's (variable frame r
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import os
@@ -294,8 +295,13 @@ def _track(reader, video, out_dir, model, cfg, max_frames, overlay, resume, prog
         keys = [r for r in keys if r["index"] in frames]
         if not keys:
             raise VideoError(f"{str(video)!r}: the keyframes could not be decoded again")
+        extra = {}
+        if "identity_landmarks" in inspect.signature(tracker.bundle).parameters:
+            # all candidates' landmarks for the identity (the solver's own choice whether to use them)
+            extra = {"identity_landmarks": np.stack([r["points"] for r in records]),
+                     "identity_confidences": np.stack([r["confidence"] for r in records])}
         vp = tracker.bundle([frames[r["index"]] for r in keys], [np.array(r["points"]) for r in keys],
-                            [np.array(r["confidence"]) for r in keys])
+                            [np.array(r["confidence"]) for r in keys], **extra)
         del frames
         timer["bundle"] = time.perf_counter() - t0
         ears = np.stack([eye_aspect_ratio(r["points"]) for r in records])
