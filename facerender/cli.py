@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = CLIParser(prog="facerender", description=__doc__.split("\n\n")[0],
                   epilog="Errors: one line on stderr and an exit code per class (docs/errors.md).")
     p.add_argument("--home", default=None, help="model cache (default $FACERENDER_HOME or ~/.cache/facerender)")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug messages)")
     p.add_argument("--debug", action="store_true",
                    help="print the traceback of an error (also FACERENDER_DEBUG=1; accepted anywhere on the line)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -236,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     from neural_renderers.cli import add_train_parser  # argparse only: imports no torch
 
     add_train_parser(sub)
+
+    from .threads import add_threads_option  # argparse only: imports no torch
+
+    add_threads_option(p)  # --threads N before or after any command (docs/benchmarks/threads.md)
     return p
 
 
@@ -250,7 +254,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(strip_debug(argv))
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    return run_handler(args.func, args, debug=debug)
+    from .threads import run_with_threads
+
+    return run_handler(run_with_threads(args.func), args, debug=debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,38 +7,46 @@ Depends only on torch, numpy and scipy. The default model is ICT-FaceKit (MIT li
 >>> out = model(expression=model.rig.weights({"jawOpen": 1.0}))
 >>> out.vertices.shape
 torch.Size([1, 26719, 3])
+
+Names are imported on first use (``import morphable_models`` does not import torch; docs/api.md).
 """
-from .blendshapes import ICT_FACS_TABLE, BlendshapeRig
-from .errors import FaceModelError, ModelFileError, ModelNotInstalledError, ShapeError
-from .geometry import (
-    AXIS_FLIP,
-    camera_to_model,
-    check_faces,
-    face_normals,
-    model_to_camera,
-    model_to_camera_rotation,
-    pose_rotation,
-    vertex_normals,
-)
-from .ict import install_ict, is_installed, load_ict
-from .landmarks import IBUG68_LABELS, LandmarkEmbedding, vertices_to_landmarks
-from .linear import CoefficientSpec, ComponentSpec, FaceModelOutput, LinearFaceModel, linear_blend
-from .flame import FlameModel, load_flame
-from .loaders import load_blendshape_folder
-from .multilinear import TuckerFaceModel, build_from_ict
-from .store import as_linear, convert_model, detect_format, load_model, model_info, save_model
-from .obj_io import ObjMesh, read_obj, read_obj_vertices, triangulate, write_obj
-from .paths import facerender_home, shared_data_dir
-from .regions import Region
-from .rotation import (
-    axis_angle_to_matrix,
-    euler_to_matrix,
-    matrix_to_axis_angle,
-    matrix_to_euler,
-    matrix_to_rotation_6d,
-    rotation_6d_to_matrix,
-)
+from ._lazy import attach
+
+_EXPORTS = {
+    # blendshape rigs
+    "ICT_FACS_TABLE": ".blendshapes", "BlendshapeRig": ".blendshapes",
+    # errors
+    "FaceModelError": ".errors", "ModelFileError": ".errors", "ModelNotInstalledError": ".errors",
+    "ShapeError": ".errors",
+    # geometry: the one model -> camera transform, normals
+    "AXIS_FLIP": ".geometry", "camera_to_model": ".geometry", "check_faces": ".geometry", "face_normals": ".geometry",
+    "model_to_camera": ".geometry", "model_to_camera_rotation": ".geometry", "pose_rotation": ".geometry",
+    "vertex_normals": ".geometry",
+    # ICT-FaceKit
+    "install_ict": ".ict", "is_installed": ".ict", "load_ict": ".ict",
+    # landmarks
+    "IBUG68_LABELS": ".landmarks", "LandmarkEmbedding": ".landmarks", "vertices_to_landmarks": ".landmarks",
+    # linear models
+    "CoefficientSpec": ".linear", "ComponentSpec": ".linear", "FaceModelOutput": ".linear",
+    "LinearFaceModel": ".linear", "linear_blend": ".linear",
+    # other formats (docs/models.md)
+    "FlameModel": ".flame", "load_flame": ".flame", "load_blendshape_folder": ".loaders",
+    "TuckerFaceModel": ".multilinear", "build_from_ict": ".multilinear",
+    "as_linear": ".store", "convert_model": ".store", "detect_format": ".store", "load_model": ".store",
+    "model_info": ".store", "save_model": ".store",
+    # meshes, paths, regions, rotations
+    "ObjMesh": ".obj_io", "read_obj": ".obj_io", "read_obj_vertices": ".obj_io", "triangulate": ".obj_io",
+    "write_obj": ".obj_io",
+    "facerender_home": ".paths", "shared_data_dir": ".paths",
+    "Region": ".regions",
+    "axis_angle_to_matrix": ".rotation", "euler_to_matrix": ".rotation", "matrix_to_axis_angle": ".rotation",
+    "matrix_to_euler": ".rotation", "matrix_to_rotation_6d": ".rotation", "rotation_6d_to_matrix": ".rotation",
+}
+
+_SUBMODULES = ("bfm", "blendshapes", "correspondence", "errors", "flame", "format_utils", "geometry", "ict",
+               "landmarks", "linear", "loaders", "multilinear", "obj_io", "paths", "regions", "rotation", "store",
+               "surrey", "synthetic")
 
 __version__ = "0.1.0"
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS, _SUBMODULES)

@@ -128,6 +128,18 @@ class FitResult:
         """Every stage converged and nothing is flagged."""
         return not self.flags
 
+    def camera(self, dtype=None):
+        """The :class:`~facerender.cameras.PinholeCamera` of the photo (batch 1, ``image_size``): with the pose,
+        coefficients, ``sh`` and ``albedo`` it re-renders the fit (``facerender.render(model, fit)``). dtype: that
+        of ``focal`` unless given."""
+        from ..cameras import PinholeCamera
+
+        f = self.focal.reshape(-1)[:1]
+        pp = self.principal_point.reshape(-1, 2)[:1]
+        if dtype is not None:
+            f, pp = f.to(dtype), pp.to(dtype)
+        return PinholeCamera(f, f.clone(), pp[:, 0].clone(), pp[:, 1].clone(), tuple(int(s) for s in self.image_size))
+
     def to_dict(self) -> dict:
         """JSON-serialisable parameters (lists), as written by ``facerender fit``."""
         def L(t):
@@ -407,3 +419,10 @@ def _estimate_albedo(pterm: PhotometricTerm, problem: EnergyProblem, x: torch.Te
         log.warning("albedo estimation failed (%s); keeping the previous albedo", e)
         return previous
     return torch.as_tensor(a, dtype=x.dtype, device=x.device)
+
+
+# ``facerender.fitting.fit_image(...)`` calls the function even where the import system bound the attribute to this
+# module (``from facerender.fitting.fit_image import FitConfig`` before the first access).
+from morphable_models._lazy import make_callable  # noqa: E402
+
+make_callable(__name__, "fit_image")

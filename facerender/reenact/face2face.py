@@ -536,3 +536,10 @@ def face2face(
                            source_track=src_dir, target_track=tgt_dir, stills=still_paths, frames=N,
                            source_index=si, target_index=ti, flags=flags, timings=timer,
                            fps=N / loop_s if loop_s > 0 else float("nan"), summary=summary)
+
+
+# ``facerender.reenact.face2face(...)`` calls the function even where the import system bound the attribute to this
+# module (``from facerender.reenact.face2face import Face2FaceConfig`` before the first access).
+from morphable_models._lazy import make_callable  # noqa: E402
+
+make_callable(__name__, "face2face")
