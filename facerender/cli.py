@@ -237,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
 
+    from .metrics.cli import add_parser as add_evaluate_parser  # argparse only: imports no torch
+
+    add_evaluate_parser(sub)
+
     from .threads import add_threads_option  # argparse only: imports no torch
 
     add_threads_option(p)  # --threads N before or after any command (docs/benchmarks/threads.md)
