@@ -285,3 +285,37 @@ def test_fresh_detector_on_a_photo(dlib_ready, faces_dir):
     near = FreshDetector()(img, gt)
     np.testing.assert_array_equal(pts, near)
     assert FreshDetector()(np.full((120, 160, 3), 90, np.uint8)) is None
+
+
+def test_landmark_identity_recovers_the_landmarks_of_a_known_face(ict_model):
+    """Landmarks projected from a known identity at six poses: the fixed identity of :func:`landmark_identity` fits
+    them far better than the mean face, and the search returns the best of its rounds."""
+    import torch
+    from morphable_models.geometry import model_to_camera
+
+    from facerender.fitting.landmark_fit import fit_landmarks
+    from facerender.tracking.tracker import landmark_identity
+
+    m = ict_model
+    rng = np.random.default_rng(0)
+    a = torch.as_tensor(rng.normal(size=m.num_identity) * 1.5, dtype=m.dtype) * m.identity_std
+    ids = torch.as_tensor(m.landmarks["ibug68"].vertex_index)
+    V = m.num_vertices
+    X = m.template[ids] + (a @ m.identity_basis).view(V, 3)[ids]
+    f, pp = 800.0, np.array([256.0, 256.0])
+    pts = []
+    for yaw, pitch in ((0, 0), (0.25, 0), (-0.25, 0.05), (0.1, -0.1), (-0.1, 0.15), (0.3, 0.1)):
+        Xc = model_to_camera(X[None], torch.tensor([[pitch, yaw, 0.0]], dtype=m.dtype),
+                             torch.tensor([[0.5, -0.5, 55.0]], dtype=m.dtype))[0]
+        pts.append((Xc[:, :2] / Xc[:, 2:] * f).numpy() + pp)
+    pts = np.stack(pts)
+    conf = np.ones((6, 68))
+    ident, d = landmark_identity(m, pts, conf, (512, 512), f, pp, np.zeros(m.num_identity), rounds=4)
+    mean_face = fit_landmarks(m, torch.as_tensor(pts, dtype=m.dtype), (512, 512), torch.as_tensor(conf, dtype=m.dtype),
+                              focal=f, principal_point=torch.as_tensor(pp, dtype=m.dtype)[None].expand(6, 2),
+                              fixed_identity=torch.zeros(6, m.num_identity, dtype=m.dtype)).landmarks_2d.numpy()
+    d0 = float(np.linalg.norm(mean_face - pts, axis=-1).mean())
+    assert ident.shape == (m.num_identity,) and np.isfinite(ident).all()
+    assert d < 0.4 * d0, (d, d0)
+    with pytest.raises(ValueError, match="landmark sets"):
+        landmark_identity(m, pts, conf[:3], (512, 512), f, pp, np.zeros(m.num_identity))

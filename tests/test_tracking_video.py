@@ -764,6 +764,7 @@ def test_cli_track(tmp_path, gap_video, ict_home, monkeypatch, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "frames/s" in text and "solve" in text and "params.npz" in text
+    assert "on the face:" in text and "lost 5 frames (0 interpolated)" in text
     assert len(load_track(out)) == 12 and not (out / "overlay.mp4").exists()
     bad = tmp_path / "bad.mp4"
     bad.write_text("nope")

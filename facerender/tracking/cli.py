@@ -75,6 +75,18 @@ def run_track(args) -> int:
     if ps.get("other") is not None:
         kf = f"{ps['keyframes']:.2f} dB on the {ps['keyframes_n']} keyframes, " if ps.get("keyframes") else ""
         print(f"photometric PSNR in the face mask: {kf}{ps['other']:.2f} dB on the {ps['other_n']} other frames")
+        if ps.get("p10") is not None:
+            print(f"  10th percentile over the solved frames: {ps['p10']:.2f} dB")
+    a = s.get("audit", {})
+    if a.get("within") is not None:
+        print(f"on the face: {100 * a['within']:.1f} % of the {a['detected']} audited frames (every "
+              f"{a['interval']}th with a fresh detection) within 10 % of the eye distance; worst {100 * a['max']:.1f} %"
+              f" (frame {a['worst_frames'][0]})")
+    ev = s.get("events", {})
+    if ev:
+        print(f"lost {ev['lost_frames']} frames ({ev['interpolated']} interpolated), {ev['drops']} tracks dropped, "
+              f"{ev['reseeded']} re-seeded, {ev['reinitialised']} solver re-initialisations, "
+              f"{ev['photometric_outliers']} photometric outliers")
     flags = s.get("flag_counts", {})
     if flags:
         print("flags: " + ", ".join(f"{k} {v}" for k, v in sorted(flags.items())))
