@@ -521,8 +521,18 @@ def test_gradcheck_identity_loss_float64_small_crop(dlib_ready):
     target = net64(face_chips(torch.from_numpy(rng.uniform(0.2, 0.8, size=(1, 24, 24, 3))), lm,
                               min_eye_distance=1.0)).detach()
     loss = IdentityLoss(net64, min_eye_distance=1.0)
+    # the whole crop (fast mode: random directions), then every pixel of a 3x3 patch inside the face (full)
     assert torch.autograd.gradcheck(lambda im: loss(im, target, lm), (img,), eps=1e-6, atol=1e-5,
                                     fast_mode=True)
+    base = img.detach()
+    mask = torch.zeros(1, 24, 24, 1, dtype=torch.float64)
+    mask[:, 10:13, 11:14] = 1
+
+    def with_patch(patch):
+        return loss(base * (1 - mask) + torch.nn.functional.pad(patch, (0, 0, 11, 10, 10, 11)), target, lm)
+
+    patch = base[:, 10:13, 11:14].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(with_patch, (patch,), eps=1e-6, atol=1e-7)  # gradients here ~1e-3
 
 
 def test_gradcheck_face_chips_float64(faces):
