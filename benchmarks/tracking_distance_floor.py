@@ -57,7 +57,8 @@ def best_fixed_identity(model, det, conf, pp, size, focal, start, rounds=6, cfg=
 def floor_row(model, path, every, rounds):
     tr = load_track(path)
     ok = [i for i in range(len(tr.index)) if tr.face_found[i]
-          and not {"bridged", "reinitialised", "nan_replaced"} & set(str(tr.flags[i]).split(","))][::every]
+          and not {"bridged", "reinitialised", "nan_replaced", "reseeded", "restarted", "redetected"}
+          & set(str(tr.flags[i]).split(","))][::every]
     det = torch.as_tensor(tr.landmarks[ok], dtype=torch.float32)
     smooth = torch.as_tensor(tr.landmarks_smoothed[ok], dtype=torch.float32)
     conf = torch.as_tensor(tr.landmark_confidence[ok], dtype=torch.float32)
@@ -100,7 +101,7 @@ def whittaker_series(y, lam):
 
 
 def sweep(model, path, identity, windows=("1", "3x0.25", "3x0.5", "3x0.75", "3", "5", "7", "9", "11", "15",
-                                          "wh0.1", "wh0.2", "wh0.3", "wh0.5", "wh1"), checks=False):
+                                          "wh0.1", "wh0.2", "wh0.3", "wh0.5", "wh1"), checks=False, max_len=None):
     """Per-frame fixed-identity landmark fits on smoothed detections: [(window, jitter ratio, distance)]. A window
     ``"3xm"`` blends the raw points with the 3-frame mean by the fraction m (the filter ``[m/3, 1 - 2m/3, m/3]``): the
     lightest smoothings between none and the 3-frame mean; ``"whL"`` is Whittaker-Henderson smoothing with weight L
@@ -110,7 +111,7 @@ def sweep(model, path, identity, windows=("1", "3x0.25", "3x0.5", "3x0.75", "3",
     from scipy.signal import savgol_filter
 
     tr = load_track(path)
-    sel = longest_run(tr)  # the longest run of consecutive solved frames
+    sel = longest_run(tr, max_len)  # the longest run of consecutive solved frames
     raw = np.asarray(tr.landmarks[sel], np.float64)
     conf = torch.as_tensor(tr.landmark_confidence[sel], dtype=torch.float32)
     n = raw.shape[0]
@@ -159,18 +160,19 @@ FRONTIER_WEIGHTS = ("wh0.02", "wh0.05", "wh0.1", "wh0.2", "wh0.3", "wh0.5", "wh0
                     "wh5")
 
 
-def longest_run(tr):
-    """The longest run of consecutive solved frames of a track (a slice)."""
+def longest_run(tr, max_len=None):
+    """The longest run of consecutive solved frames of a track (a slice; its first ``max_len`` frames)."""
     good = np.array([bool(tr.face_found[i]) and not {"bridged", "reinitialised", "nan_replaced", "reseeded",
                                                      "restarted", "redetected"} & set(str(tr.flags[i]).split(","))
                      for i in range(len(tr.index))])
     edges = np.flatnonzero(np.diff(np.r_[0, good.astype(np.int8), 0]))
     starts, ends = edges[::2], edges[1::2]
     k = int(np.argmax(ends - starts))
-    return slice(int(starts[k]), int(ends[k]))
+    stop = int(ends[k]) if max_len is None else min(int(ends[k]), int(starts[k]) + int(max_len))
+    return slice(int(starts[k]), stop)
 
 
-def frontier_row(model, path, identity, every=1):
+def frontier_row(model, path, identity, every=1, max_len=None):
     """The restated steadiness figure of a track (docs/tracking.md): over its longest run of solved frames, the
     tracker's jitter ratio and its distance to the raw detections against the fixed-identity frontier at that
     jitter (per-frame fits with ``identity`` on Whittaker-smoothed detections, the weights of
@@ -178,7 +180,7 @@ def frontier_row(model, path, identity, every=1):
     detections it was given against the single-image fit's distance to the raw ones (identity free, every
     ``every``-th frame of the run)."""
     tr = load_track(path)
-    sel = longest_run(tr)
+    sel = longest_run(tr, max_len)
     raw = np.asarray(tr.landmarks[sel], np.float64)
     det_jit = landmark_jitter([raw])[0]
     ratio = landmark_jitter([np.asarray(tr.model_landmarks_2d[sel], np.float64)])[0] / det_jit
@@ -193,7 +195,7 @@ def frontier_row(model, path, identity, every=1):
                            torch.as_tensor(tr.landmark_confidence[idx], dtype=torch.float32), focal=float(tr.focal),
                            principal_point=pp).landmarks_2d.double().numpy()
     single_d = float(np.linalg.norm(single - det.double().numpy(), axis=-1).mean())
-    _, rows = sweep(model, path, identity, windows=FRONTIER_WEIGHTS)
+    _, rows = sweep(model, path, identity, windows=FRONTIER_WEIGHTS, max_len=max_len)
     pts = sorted((j, d) for _, j, d in rows)
     js, ds = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
     front = float(np.interp(ratio, js, ds))
@@ -229,6 +231,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--checks", action="store_true", help="with --sweep: the robust smoother and the offset oracle")
+    ap.add_argument("--max-run", type=int, default=None, help="--sweep / --frontier: at most this many frames of "
+                    "the longest run of solved frames")
     ap.add_argument("--frontier", action="store_true",
                     help="the restated steadiness figure: the tracker against the fixed-identity frontier at its "
                          "jitter, and its distance to the smoothed detections against the single-image fit's")
@@ -250,7 +254,7 @@ def main(argv=None):
         print("| track | frames | jitter ratio | tracked, raw | frontier | gap | tracked, smoothed | single-image, raw |")
         print("|---|---|---|---|---|---|---|---|")
         for r in rows:
-            f = frontier_row(model, r["track"], r["best_identity"])
+            f = frontier_row(model, r["track"], r["best_identity"], max_len=args.max_run)
             print(f"| {f['track']} | {f['frames']} | {f['ratio']:.2f} | {f['dist_raw']:.2f} | {f['frontier']:.2f}"
                   f"{' (extrapolated)' if f['extrapolated'] else ''} | {f['gap']:+.2f} | {f['dist_smoothed']:.2f} | "
                   f"{f['single']:.2f} |")
@@ -260,7 +264,7 @@ def main(argv=None):
               "Savitzky-Golay windows, 3-frame blends, Whittaker weights): jitter ratio / distance to the raw "
               "detections (px)")
         for r in rows:
-            n, res = sweep(model, r["track"], r["best_identity"], checks=args.checks)
+            n, res = sweep(model, r["track"], r["best_identity"], checks=args.checks, max_len=args.max_run)
             print(f"{r['track']} ({n} frames; single-image fit {r['single_free']:.2f} px): "
                   + ", ".join(f"{'w' + w if w[0].isdigit() else w}: {j:.2f} / {d:.2f}" for w, j, d in res))
 

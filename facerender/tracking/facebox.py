@@ -10,34 +10,43 @@ Per frame:
    31 upper-face points (brows, nose, eyes: 17-47) moved down by ``offset * s``, side ``scale * s``, where ``s`` is
    the RMS distance of those points from ``c`` (rotation-invariant, smooth, and independent of the mouth and jaw: a
    box from all inner points grows and drops when the mouth opens or the tongue comes out, and dlib reads the mouth
-   differently in a different box; see :func:`box_frame`). ``scale`` and ``offset`` are measured on the HOG box of
-   the detection that started the track (the predictor was trained on HOG boxes, so it sees the box it expects); on
-   the three sample clips (HOG every 15th frame) their medians are 3.72-4.00 and 0.73-0.81
-   (:data:`LandmarkTrackerConfig.box_scale` / ``box_offset`` are the fallbacks, the ranges the clips' extremes with a
-   margin).
+   differently in a different box; see :func:`box_frame`); ``scale`` 3.85 and ``offset`` 0.75 are the medians of the
+   HOG boxes on the sample clips (``measure_box=True`` measures them on each detection's HOG box instead, the
+   behaviour before 2026-12). The box is TIED TO THE FACE'S SCALE: its ``s`` follows the points' by at most
+   ``box_growth`` per frame and stays within ``box_drift`` of the reference scale (that of the last fresh detection
+   that agreed with the track), so a box cannot run away to twice the face with the points spread over hair and
+   collar; its centre moves on by the last frame's motion when that was fast (``motion_threshold``); and the
+   predictor reads the face once more in the box of its own points when that box moved (``refine_box``).
 2. **Checks** (any failure = "lost", then step 3 runs in the same frame): too small (``s < min_radius``), too few
    points inside the image (the face leaves), implausible geometry (mouth not below the eyes in the face's own
    frame, or a similarity-aligned shape change from the previous frame above ``max_shape_error * s``), a large jump
-   (mean inner-point motion above ``max_jump * s`` or a scale change beyond ``max_scale_change``), low appearance
-   agreement (normalised cross-correlation of a 32 x 32 grey patch sampled in the face's frame, ``c`` / ``s`` / eye-line
-   angle, against the previous frame's patch below ``min_ncc``), and every ``verify_interval`` frames a cheap HOG
-   verification on a crop around the box, resampled so that the face box is ``verify_size`` pixels (2-3 ms against
-   17-20 ms for a 512 x 512 frame). A failed verification drops the track when it is the ``max_failed_verifications``-th
-   in a row, or when the patch also disagrees with the patch of the last verified frame (NCC below
-   ``min_reference_ncc``): HOG misses turned faces that the predictor still follows, so one miss alone is not a loss.
+   (mean inner-point motion beyond the box's predicted motion above ``max_jump * s`` or a scale change beyond
+   ``max_scale_change``), low appearance agreement (normalised cross-correlation of a 32 x 32 grey patch sampled in
+   the face's frame, ``c`` / ``s`` / eye-line angle, against the previous frame's patch below ``min_ncc``).
+   **Verification by fresh landmarks**: every ``verify_interval`` frames, and at once on a SUSPECT frame (a jump above
+   ``suspect_jump``, a patch NCC below ``suspect_ncc``, a shape change above ``suspect_shape``, the scale out of the
+   ``box_drift`` band, or :meth:`LandmarkTracker.request_verification`), HOG runs on a crop around the box resampled
+   so that the face box is ``verify_size`` pixels, and the predictor reads the face it finds (in its HOG box, then
+   in the box of those points by the track's rule). Within ``agreement`` of the eye distance of the tracked points the
+   frame is ``verified``; beyond it the track is re-seeded from the fresh points (``reseeded``, status
+   ``detected``). No face found: a suspect frame is dropped (``lost:unverified``); a periodic verification drops the
+   track when it is the ``max_failed_verifications``-th miss in a row, or when the patch also disagrees with the
+   patch of the last verified frame (NCC below ``min_reference_ncc``): HOG misses turned faces that the predictor
+   still follows, so one miss alone is not a loss. Frames without points after a face was seen are flagged ``lost``.
 3. **Detected**: HOG on the whole frame (threshold -0.2, the package default). When nothing is found and
    ``detect_upsample="auto"``, HOG is run again on the image doubled once (faces down to about 40 px) and, for
    small frames, twice (about 20 px; ``max_upsample``, ``max_upsampled_pixels``), on every lost frame while the
    last face seen was small, else every ``upsample_interval`` lost frames (each doubling costs about 4x).
    The face chosen: the one nearest the last known box when it was lost less than ``nearest_window`` frames ago
-   (and overlaps or lies within one box size of it), else the largest.
+   (and overlaps or lies within one box size of it, of half to twice its size), else the largest.
 
 Small faces: when the predictor's box is below ``small_face`` (80) pixels, the box and a margin are cropped and
 upsampled by an integer factor (bilinear) so that the box is about ``predictor_size`` (160) pixels, and the points
 are mapped back (dlib returns integer pixel positions, so this also gives sub-pixel points on small faces).
 
 No temporal smoothing is done here (it belongs to the solver). Timings per frame: ``detect_ms`` (HOG, full frame),
-``predict_ms`` (shape predictor), ``check_ms`` (patches and checks) and ``verify_ms`` (HOG on the crop).
+``predict_ms`` (shape predictor), ``check_ms`` (patches and checks) and ``verify_ms`` (the fresh detection).
+:data:`LEGACY_LANDMARKS` holds the settings of the earlier releases (the benchmarks' baseline).
 Measured on the sample clips (``docs/tracking.md``).
 """
 from __future__ import annotations
@@ -204,7 +213,9 @@ class FaceObservation:
             ``score`` = HOG score on detected frames, None on tracked ones), or None when no face was found.
         status: ``"detected"`` (HOG), ``"tracked"`` (predictor in the box from the previous frame) or ``"no_face"``.
         flags: e.g. ``"lost:appearance"`` (why a track was dropped: ``too_small``, ``left_image``, ``geometry``,
-            ``jump``, ``appearance``, ``verification``), ``"redetected"``, ``"verified"``, ``"verify_failed"``,
+            ``jump``, ``appearance``, ``verification``, ``unverified``), ``"lost"`` (no face found after one was
+            seen), ``"redetected"``, ``"suspect"`` (verified at once), ``"verified"`` (a fresh detection agreed),
+            ``"verify_failed"``, ``"reseeded"`` (a fresh detection disagreed and replaced the points),
             ``"upsampled_detection"``, ``"small_face"`` (the predictor crop was upsampled).
         detect_ms, predict_ms, check_ms, verify_ms: time spent on each step in this frame.
         ncc: patch NCC against the previous frame (NaN when not computed).
