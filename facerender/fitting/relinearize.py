@@ -45,7 +45,8 @@ class RelinearizedFit:
     Attributes:
         result: the :class:`FitResult` (or :class:`LandmarkFitResult`) of the last linear solve; its identity and
             expression are the nonlinear model's own coefficients (absolute coordinates).
-        linear_model: the final linearisation (use it wherever a LinearFaceModel is needed).
+        linear_model: the final linearisation (use it wherever a LinearFaceModel is needed); for the landmark-only
+            :func:`fit_landmarks_relinearized` of a restrictable model (Tucker), of the vertices the fit reads.
         rounds: linearisations solved; history: per round ``{"step": largest landmark-vertex move (cm), "energy"}``.
         linearization_error_cm: max vertex distance between the linearisation and the exact model at the result;
         linearization_error_px: max distance of the 68 projected landmarks (when the camera is known).
@@ -69,6 +70,9 @@ def _landmark_submodel(model):
     change the landmark energy; it makes each re-linearisation cost hundreds of rows instead of the whole head."""
     if not hasattr(model, "submodel") or getattr(model, "num_vertices", 0) < 2000:
         return model
+    cached = model.extra.get("landmark_submodel")
+    if cached is not None and cached.dtype == model.dtype and cached.device == model.device:
+        return cached
     from morphable_models import Region
 
     from .energies import contour_candidate_lines
@@ -79,7 +83,9 @@ def _landmark_submodel(model):
     lines, valid, _, _ = contour_candidate_lines(neutral)
     ids = np.unique(np.concatenate([lines[valid]] + [model.landmarks[k].vertex_index for k in
                                                      ("ibug68", "jawline_right_extended", "jawline_left_extended")]))
-    return model.submodel(Region.from_vertices("landmark_fit", ids, model.faces.cpu().numpy()))
+    sub = model.submodel(Region.from_vertices("landmark_fit", ids, model.faces.cpu().numpy()))
+    model.extra["landmark_submodel"] = sub  # model data do not change after construction
+    return sub
 
 
 def _native(model, identity: torch.Tensor, expression: torch.Tensor) -> Dict[str, list]:
@@ -172,9 +178,7 @@ def fit_landmarks_relinearized(model, landmarks: torch.Tensor, image_size, confi
         lin = model.linearize(a, d)
         if step < tol or (len(history) > 1 and history[-2]["energy"] - energy < rtol * history[-2]["energy"]):
             break
-    if model is not full:
-        lin = full.linearize(a, d)
-    cm, px = _errors(full, lin, a, d, res.rotation, res.translation, res.focal, res.principal_point)
+    cm, px = _errors(model, lin, a, d, res.rotation, res.translation, res.focal, res.principal_point)
     return RelinearizedFit(res, lin, n, history, cm, px, _native(full, a, d), time.perf_counter() - t0)
 
 
@@ -203,8 +207,8 @@ def fit_image_relinearized(model, image, *, landmarks=None, box: Optional[Sequen
     f = float(focal) if focal is not None else (cfg.landmark.focal or default_focal((H, W), cfg.landmark.focal_factor))
     pre = fit_landmarks_relinearized(model, torch.as_tensor(pts), (H, W), torch.as_tensor(conf)[None], cfg.landmark,
                                      focal=f, rounds=rounds, mode=mode)
-    lin = pre.linear_model
-    res: FitResult = fit_image(lin, arr, landmarks=lm, config=cfg, focal=f)
+    lin = model.linearize(pre.result.identity, pre.result.expression)  # the whole model (the landmark rounds may
+    res: FitResult = fit_image(lin, arr, landmarks=lm, config=cfg, focal=f)  # have used the fit's vertices only)
     cm, px = _errors(model, lin, res.identity, res.expression, res.rotation, res.translation, res.focal,
                      res.principal_point)
     res.timings["relinearized_landmark_fits"] = pre.seconds
