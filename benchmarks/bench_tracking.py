@@ -40,9 +40,10 @@ import numpy as np
 import torch
 
 from facerender.io import VideoReader, VideoWriter
-from facerender.tracking.facebox import LandmarkTracker
+from facerender.tracking.facebox import LEGACY_LANDMARKS, LandmarkTracker, LandmarkTrackerConfig
 from facerender.tracking.tracker import TrackerConfig
-from facerender.tracking.video import SAVGOL_SMOOTHING, TrackConfig, landmark_jitter, load_track, track_video
+from facerender.tracking.video import (SAVGOL_SMOOTHING, TrackConfig, landmark_jitter, legacy_config, load_track,
+                                       track_video)
 
 
 def shared_video(name: str) -> Path:
@@ -106,7 +107,7 @@ def stub_factory(model, config, size, fps):
 
 
 # ------------------------------------------------------------------------------------------------------ part 1
-def bench_landmarks(clips, frames):
+def bench_landmarks(clips, frames, legacy=False):
     from facerender.landmarks import DlibDetector
 
     det = DlibDetector()
@@ -128,32 +129,34 @@ def bench_landmarks(clips, frames):
             t2 = time.perf_counter()
             t_det.append(t1 - t0)
             t_pred.append(t2 - t1)
-        lt = LandmarkTracker()
-        obs = []
-        t0 = time.perf_counter()
-        for im in imgs:
-            obs.append(lt.update(im))
-        wall = time.perf_counter() - t0
-        st = lt.stats
-        n = len(imgs)
         runs_b = [np.array(base)] if all(b is not None for b in base) else []
-        runs_t = [np.array([o.landmarks.points for o in obs])] if all(o.found for o in obs) else []
         jb, _ = landmark_jitter(runs_b)
-        jt, _ = landmark_jitter(runs_t)
-        rows.append({
-            "clip": name, "frames": n,
-            "baseline_ms": 1e3 * (sum(t_det) + sum(t_pred)) / n, "baseline_detect_ms": 1e3 * np.mean(t_det),
-            "baseline_predict_ms": 1e3 * np.mean(t_pred),
-            "tracker_ms": 1e3 * wall / n, "detect_ms": st["detect_ms"] / n, "predict_ms": st["predict_ms"] / n,
-            "check_ms": st["check_ms"] / n, "verify_ms": st["verify_ms"] / n, "detections": int(st["detected"]),
-            "lost": int(st["lost"]), "jitter_baseline_px": jb, "jitter_tracker_px": jt,
-        })
+        for label, cfg in [("", LandmarkTrackerConfig())] + ([(" (legacy)", LandmarkTrackerConfig(
+                **LEGACY_LANDMARKS))] if legacy else []):
+            lt = LandmarkTracker(cfg)
+            obs = []
+            t0 = time.perf_counter()
+            for im in imgs:
+                obs.append(lt.update(im))
+            wall = time.perf_counter() - t0
+            st = lt.stats
+            n = len(imgs)
+            runs_t = [np.array([o.landmarks.points for o in obs])] if all(o.found for o in obs) else []
+            jt, _ = landmark_jitter(runs_t)
+            rows.append({
+                "clip": name + label, "frames": n,
+                "baseline_ms": 1e3 * (sum(t_det) + sum(t_pred)) / n, "baseline_detect_ms": 1e3 * np.mean(t_det),
+                "baseline_predict_ms": 1e3 * np.mean(t_pred),
+                "tracker_ms": 1e3 * wall / n, "detect_ms": st["detect_ms"] / n, "predict_ms": st["predict_ms"] / n,
+                "check_ms": st["check_ms"] / n, "verify_ms": st["verify_ms"] / n, "detections": int(st["detected"]),
+                "lost": int(st["lost"]), "jitter_baseline_px": jb, "jitter_tracker_px": jt,
+            })
     print("\n1. Landmarks: LandmarkTracker vs HOG + predictor on every frame (ms per frame; jitter = RMS 2nd "
           "difference, px)")
-    print(f"{'clip':<16}{'frames':>7}{'baseline':>10}{'(HOG':>8}{'pred)':>7}{'tracker':>9}{'(det':>7}{'pred':>6}"
+    print(f"{'clip':<26}{'frames':>7}{'baseline':>10}{'(HOG':>8}{'pred)':>7}{'tracker':>9}{'(det':>7}{'pred':>6}"
           f"{'check':>7}{'verify)':>8}{'HOG runs':>9}{'lost':>5}{'jit base':>9}{'jit trk':>8}")
     for r in rows:
-        print(f"{r['clip']:<16}{r['frames']:>7}{r['baseline_ms']:>10.2f}{r['baseline_detect_ms']:>8.2f}"
+        print(f"{r['clip']:<26}{r['frames']:>7}{r['baseline_ms']:>10.2f}{r['baseline_detect_ms']:>8.2f}"
               f"{r['baseline_predict_ms']:>7.2f}{r['tracker_ms']:>9.2f}{r['detect_ms']:>7.2f}{r['predict_ms']:>6.2f}"
               f"{r['check_ms']:>7.2f}{r['verify_ms']:>8.2f}{r['detections']:>9}{r['lost']:>5}"
               f"{r['jitter_baseline_px']:>9.2f}{r['jitter_tracker_px']:>8.2f}")
@@ -161,9 +164,12 @@ def bench_landmarks(clips, frames):
 
 
 # ------------------------------------------------------------------------------------------------------ part 2
-#: ``--baseline``: the tracker settings of the 2026-11 releases (Savitzky-Golay 5 / order 2 landmark smoothing and
-#: the temporal weight 3e-5 it was tuned with), tracked in the same run as the current defaults.
-BASELINES = {"savgol5": lambda: TrackConfig(**SAVGOL_SMOOTHING, tracker=TrackerConfig(w_temporal=3e-5))}
+#: ``--baseline``: earlier tracker settings tracked in the same run as the current defaults: ``savgol5``, the 2026-11
+#: releases (Savitzky-Golay 5 / order 2 landmark smoothing and the temporal weight 3e-5 it was tuned with);
+#: ``legacy``, before 2026-12 (the landmark tracker without the tied box and the verification by fresh landmarks,
+#: ``legacy_config()``; with ``--baseline legacy`` part 1 also times that landmark tracker).
+BASELINES = {"savgol5": lambda: TrackConfig(**SAVGOL_SMOOTHING, tracker=TrackerConfig(w_temporal=3e-5)),
+             "legacy": legacy_config}
 
 
 def bench_tracking(clips, frames, solver, overlay, model, out_root, baseline=None):
@@ -358,7 +364,7 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     if "landmarks" not in skip:
-        out["landmarks"] = bench_landmarks(clips, args.frames)
+        out["landmarks"] = bench_landmarks(clips, args.frames, legacy=args.baseline == "legacy")
     if "tracking" not in skip:
         out["tracking"] = bench_tracking(clips, args.frames, args.solver, not args.no_overlay, model, work,
                                          args.baseline)
