@@ -14,9 +14,9 @@ judged by dlib alone, and training / inference speed next to Face2Face's per-fra
 ``self`` prints PSNR / SSIM of the network's crops against the real crops of the held-out frames, and dlib's
 inner-lip opening correlation between the output composited into the real frames and the real frames; in the same
 table the baseline "nearest training frame by conditioning" (the training frame whose colour render is nearest in
-L2 to the held-out frame's; its real crop is the prediction). ``cross`` measures what ``check_face2face.py`` does
-for Face2Face: lip-opening correlation with the source, dlib descriptor distance to the target and to the source,
-seam flicker, faceless frames.
+L2 to the held-out frame's; its real crop is the prediction). ``cross`` judges the output with
+``facerender.metrics.evaluate`` (as ``facerender evaluate`` does for any method): lip-opening correlation with the
+source, dlib descriptor distance to the target and to the source, seam flicker, faceless frames.
 """
 from __future__ import annotations
 
@@ -30,46 +30,28 @@ import numpy as np
 import torch
 
 
-def lip_opening(points: np.ndarray) -> float:
-    """Inner-lip opening ``|p62 - p66| / |p36 - p45|`` (iBUG 68, 0-based)."""
-    return float(np.linalg.norm(points[62] - points[66]) / np.linalg.norm(points[36] - points[45]))
-
-
-def dlib_measure(frames, descriptors_every: int = 0):
-    """dlib's lip opening per frame (NaN without a face) and descriptors every few frames."""
+def dlib_lips(frames) -> np.ndarray:
+    """dlib's inner-lip opening per frame (:func:`facerender.metrics.lip_opening`; NaN without a face)."""
     from facerender.errors import NoFaceError
-    from facerender.landmarks.detect import detect_landmarks, face_descriptor
+    from facerender.landmarks.detect import detect_landmarks
+    from facerender.metrics import lip_opening
 
-    lips, desc, none = [], [], 0
-    for k, img in enumerate(frames):
+    pts = []
+    for img in frames:
         try:
-            lm = detect_landmarks(img)
+            pts.append(np.asarray(detect_landmarks(img).points, np.float64))
         except NoFaceError:
-            lips.append(np.nan)
-            none += 1
-            continue
-        lips.append(lip_opening(np.asarray(lm.points)))
-        if descriptors_every and k % descriptors_every == 0:
-            desc.append(np.asarray(face_descriptor(img, lm)))
-    return np.asarray(lips), desc, none
+            pts.append(np.full((68, 2), np.nan))
+    return lip_opening(np.stack(pts))
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    ok = np.isfinite(a) & np.isfinite(b)
-    return float(np.corrcoef(a[ok], b[ok])[0, 1]) if ok.sum() > 2 else float("nan")
+def image_scores(pred: List[np.ndarray], real: List[np.ndarray]):
+    """Mean PSNR and SSIM (:mod:`facerender.metrics`) of uint8 crops."""
+    from facerender.metrics import psnr, ssim
 
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)) / 255.0 ** 2
-    return 10 * np.log10(1.0 / max(mse, 1e-12))
-
-
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    from kornia.metrics import ssim as kssim
-
-    ta = torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float() / 255
-    tb = torch.from_numpy(np.array(b)).permute(2, 0, 1)[None].float() / 255
-    return float(kssim(ta, tb, 11).mean())
+    a = torch.from_numpy(np.stack(pred)).float() / 255
+    b = torch.from_numpy(np.stack([np.array(r) for r in real])).float() / 255
+    return float(psnr(a, b).mean()), float(ssim(a, b).mean())
 
 
 # ------------------------------------------------------------------------------------------------ self-reenactment
@@ -107,21 +89,15 @@ def bench_self(run: Path, grid: Optional[Path] = None) -> Dict[str, object]:
         return [paste_crop(frames[int(t)], cr.astype(np.float32) / 255, boxes.centre[int(t)],
                            float(boxes.side[int(t)]), alpha)[0] for t, cr in zip(val.frames, crops)]
 
-    real_full = [frames[int(t)] for t in val.frames]
-    lip_real, _, _ = dlib_measure(real_full)
-    lip_dvp, _, none_dvp = dlib_measure(composite(outs))
-    lip_nn, _, none_nn = dlib_measure(composite(nns))
-    res = {
-        "run": str(run), "checkpoint_step": saved["checkpoint_step"], "val_frames": len(val),
-        "train_frames": len(train), "size": c.size,
-        "dvp": {"psnr": float(np.mean([psnr(o, r) for o, r in zip(outs, reals)])),
-                "ssim": float(np.mean([ssim(o, r) for o, r in zip(outs, reals)])),
-                "lip_r": pearson(lip_dvp, lip_real), "no_face": none_dvp},
-        "nearest_frame": {"psnr": float(np.mean([psnr(o, r) for o, r in zip(nns, reals)])),
-                          "ssim": float(np.mean([ssim(o, r) for o, r in zip(nns, reals)])),
-                          "lip_r": pearson(lip_nn, lip_real), "no_face": none_nn},
-        "network_ms_per_frame": 1e3 * net_s / max(len(val), 1),
-    }
+    from facerender.metrics import pearson
+
+    lip_real = dlib_lips([frames[int(t)] for t in val.frames])
+    res = {"run": str(run), "checkpoint_step": saved["checkpoint_step"], "val_frames": len(val),
+           "train_frames": len(train), "size": c.size, "network_ms_per_frame": 1e3 * net_s / max(len(val), 1)}
+    for key, pred in (("dvp", outs), ("nearest_frame", nns)):
+        lips = dlib_lips(composite(pred))
+        p, q = image_scores(pred, reals)
+        res[key] = {"psnr": p, "ssim": q, "lip_r": pearson(lips, lip_real), "no_face": int(np.isnan(lips).sum())}
     summary = json.loads((run / "train_summary.json").read_text()) if (run / "train_summary.json").is_file() else {}
     res["training"] = {k: summary.get(k) for k in ("steps", "train_seconds_total", "steps_per_s", "batch_size")}
     if grid is not None:
@@ -137,27 +113,21 @@ def bench_self(run: Path, grid: Optional[Path] = None) -> Dict[str, object]:
 
 # ------------------------------------------------------------------------------------------------ cross-reenactment
 def bench_cross(run: Path, source: Path, out: Path, max_frames: Optional[int] = None) -> Dict[str, object]:
-    from facerender.io.video import VideoReader
-    from facerender.landmarks.detect import descriptor_distance
+    """Reenact the run's target with ``source`` and judge the output with ``facerender.metrics.evaluate``."""
+    from facerender.metrics import evaluate
     from neural_renderers.dvp import DVPReenactConfig, dvp_reenact
 
     t0 = time.perf_counter()
     r = dvp_reenact(run, source, None, out, DVPReenactConfig(max_frames=max_frames), progress=True)
     wall = time.perf_counter() - t0
-    n = r.frames
-    res_frames = [f.image for f in VideoReader(r.result_path)][:n]
-    src_imgs = {f.index: f.image for f in VideoReader(r.summary["source"]) if f.index in set(r.source_index.tolist())}
-    tgt_imgs = [f.image for f in VideoReader(r.summary["target"])]
-    lip_out, d_out, none_out = dlib_measure(res_frames, descriptors_every=10)
-    lip_src, d_src, _ = dlib_measure([src_imgs[int(i)] for i in r.source_index], descriptors_every=10)
-    _, d_tgt, _ = dlib_measure(tgt_imgs, descriptors_every=15)
-    dt = float(np.mean([descriptor_distance(x, y) for x in d_out for y in d_tgt]))
-    ds = float(np.mean([descriptor_distance(x, y) for x in d_out for y in d_src]))
-    return {"frames": n, "lip_r_with_source": pearson(lip_out, lip_src), "descriptor_to_target": dt,
-            "descriptor_to_source": ds, "seam_ratio": r.summary["seam_stability"]["ratio"],
-            "frames_without_face": none_out, "per_frame_ms": r.summary["per_frame_ms"],
-            "reenactment_fps": r.summary["reenactment_fps"], "peak_memory_mb": r.summary["peak_memory_mb"],
-            "wall_s": wall, "out": str(out)}
+    ev = evaluate(r.summary["source"], r.summary["target"], r.result_path)
+    return {"frames": r.frames, "lip_r_with_source": ev.lip_correlation,
+            "descriptor_to_target": ev.identity_distance_target, "descriptor_to_source": ev.identity_distance_source,
+            "seam_ratio": r.summary["seam_stability"]["ratio"], "seam_ratio_evaluate": ev.seam_ratio,
+            "frames_without_face": len(ev.faceless_result), "pose_error_source": ev.pose_error_source,
+            "per_frame_ms": r.summary["per_frame_ms"], "reenactment_fps": r.summary["reenactment_fps"],
+            "peak_memory_mb": r.summary["peak_memory_mb"], "wall_s": wall, "out": str(out),
+            "evaluation": ev.table()}
 
 
 # ------------------------------------------------------------------------------------------------ speed
@@ -181,7 +151,7 @@ def bench_speed(target_track: Path, source_track: Path, threads: int, steps: int
         rows.append({"what": "Face2Face reenactment (256^2 crop)", "per_frame_ms": sum(per.values()),
                      "detail": per})
     for size, base, mx, label in [(128, 32, 256, "CPU config"), (128, 64, 512, "paper widths"),
-                                  (256, 64, 512, "paper (256^2)")]:
+                                  (256, 64, 512, "paper widths")]:
         m = DeepVideoPortraits(DVPConfig(size=size, base_channels=base, max_channels=mx,
                                          disc_channels=32 if mx == 256 else 64))
         nets = Nets(m.networks())
@@ -249,7 +219,8 @@ def main(argv=None):
         print(f"| inner-lip opening correlation with the source | {res['lip_r_with_source']:.3f} | >= 0.8 |")
         print(f"| descriptor distance to the target / to the source | {res['descriptor_to_target']:.3f} / "
               f"{res['descriptor_to_source']:.3f} | < 0.45 and smaller |")
-        print(f"| seam flicker, output / target | {res['seam_ratio']:.3f} | <= 1.2 |")
+        print(f"| seam flicker, output / target (blend band; from the videos) | {res['seam_ratio']:.3f}; "
+              f"{res['seam_ratio_evaluate']:.3f} | <= 1.2 |")
         print(f"| output frames without a face | {res['frames_without_face']} | 0 |")
         print(f"per frame: {json.dumps({k: round(v, 1) for k, v in res['per_frame_ms'].items()})}; "
               f"{res['reenactment_fps']:.1f} fps; peak memory {res['peak_memory_mb']:.0f} MB")
