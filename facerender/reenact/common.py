@@ -5,6 +5,7 @@ transfer, random access to a video's frames, the audio policy, side-by-side pane
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -14,9 +15,44 @@ from ..errors import VideoError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_or_track", "frame_schedule", "actor_neutral", "transfer_expression", "FrameSource", "choose_audio",
+__all__ = ["OutputSettings", "load_or_track", "frame_schedule", "actor_neutral", "transfer_expression", "FrameSource", "choose_audio",
            "audio_warning",
            "label_image", "panel", "side_by_side_frame", "SeamMeter", "square_feather", "paste_crop"]
+
+
+@dataclass
+class OutputSettings:
+    """The output policies every reenactment pipeline shares (its config subclasses this).
+
+    Attributes:
+        length: the output follows the ``"source"`` (the target ping-pongs when shorter), the ``"target"`` (the
+            source loops) or the ``"shortest"``; frames are matched by time (:func:`frame_schedule`).
+        audio: ``"auto"`` (the video the length follows), ``"source"``, ``"target"`` or ``"none"``
+            (:func:`choose_audio`).
+        side_by_side: write ``side_by_side.mp4`` (source | target | result); side_height: its panel height.
+        stills: output frames whose stage images are saved in ``stills/``.
+        max_frames: limit the output length (and the tracking of videos tracked for it).
+        crf, preset: x264 settings of the outputs.
+    """
+
+    length: str = "source"
+    audio: str = "auto"
+    side_by_side: bool = True
+    side_height: int = 256
+    stills: Tuple[int, ...] = (0, 30, 90)
+    max_frames: Optional[int] = None
+    crf: float = 20
+    preset: str = "veryfast"
+
+    def __post_init__(self):
+        if self.length not in ("source", "target", "shortest"):
+            raise ValueError(f"length must be 'source', 'target' or 'shortest', got {self.length!r}")
+        if self.audio not in ("auto", "source", "target", "none"):
+            raise ValueError(f"audio must be 'auto', 'source', 'target' or 'none', got {self.audio!r}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.side_height < 16:
+            raise ValueError(f"side_height must be >= 16, got {self.side_height}")
 
 
 def load_or_track(path: Path, out_dir: Path, model, max_frames, progress) -> Tuple[Path, Path]:

@@ -50,7 +50,7 @@ from morphable_models.paths import PathLike
 from ..cameras import PinholeCamera
 from ..errors import FaceRenderError
 from ..render.rasterize import RasterSettings, rasterize
-from .common import (FrameSource, SeamMeter, actor_neutral, choose_audio, frame_schedule, load_or_track,
+from .common import (FrameSource, OutputSettings, SeamMeter, actor_neutral, choose_audio, frame_schedule, load_or_track,
                      side_by_side_frame, transfer_expression)
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,9 @@ MOUTH_INTERIOR = ("mouth_socket", "gums_and_tongue", "teeth")
 
 
 @dataclass
-class Face2FaceConfig:
-    """Settings of :func:`face2face` (see the module docstring for the policies).
+class Face2FaceConfig(OutputSettings):
+    """Settings of :func:`face2face` (see the module docstring for the policies); the output settings (length,
+    audio, side-by-side, stills, max_frames, x264) are :class:`~facerender.reenact.common.OutputSettings`'.
 
     Attributes:
         crop_size: side of the square face crop the face is re-rendered and composited in (pixels).
@@ -69,7 +70,6 @@ class Face2FaceConfig:
             crop box over frames (0: none).
         neutral_percentile: percentile of each blendshape weight taken as an actor's neutral.
         transfer_pose: also apply the source's head rotation relative to its median pose.
-        length: ``"source"``, ``"target"`` or ``"shortest"``; audio: ``"auto"``, ``"source"``, ``"target"``, ``"none"``.
         mouth: ``"retrieval"`` (Face2Face) or ``"model"`` (the model's rendered mouth interior).
         mouth_region: what the retrieved mouth replaces: ``"lips"`` (the whole mouth inside the outer lips: the
             target's own lips in the retrieved shape) or ``"inner"`` (only the inside of the inner lips; the lips stay
@@ -82,10 +82,6 @@ class Face2FaceConfig:
             coloured from the frame (not in the mouth or where the frame does not see the surface): a face crop
             smaller than the face in the frame otherwise blurs the whole face. Needs ``colour_from_frame``.
         blend: :class:`~facerender.reenact.blend.BlendConfig` method (``"poisson"``, ``"multiband"``, ...); erode: px.
-        side_by_side: write ``side_by_side.mp4``; side_height: its panel height.
-        stills: output frames whose stage images are saved in ``stills/``.
-        max_frames: limit the output length (and the tracking of both videos).
-        crf, preset: x264 settings of the outputs.
     """
 
     crop_size: int = 256
@@ -93,8 +89,6 @@ class Face2FaceConfig:
     crop_smoothing: float = 0.6
     neutral_percentile: float = 5.0
     transfer_pose: bool = False
-    length: str = "source"
-    audio: str = "auto"
     mouth: str = "retrieval"
     mouth_region: str = "lips"
     mouth_min_frames: int = 30
@@ -102,18 +96,9 @@ class Face2FaceConfig:
     keep_detail: bool = True
     blend: str = "poisson"
     erode: int = 3
-    side_by_side: bool = True
-    side_height: int = 256
-    stills: Tuple[int, ...] = (0, 30, 90)
-    max_frames: Optional[int] = None
-    crf: float = 20
-    preset: str = "veryfast"
 
     def __post_init__(self):
-        if self.length not in ("source", "target", "shortest"):
-            raise ValueError(f"length must be 'source', 'target' or 'shortest', got {self.length!r}")
-        if self.audio not in ("auto", "source", "target", "none"):
-            raise ValueError(f"audio must be 'auto', 'source', 'target' or 'none', got {self.audio!r}")
+        super().__post_init__()
         if self.mouth_region not in ("inner", "lips"):
             raise ValueError(f"mouth_region must be 'inner' or 'lips', got {self.mouth_region!r}")
         if self.mouth not in ("retrieval", "model"):

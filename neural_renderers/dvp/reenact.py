@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from facerender.reenact.common import (FrameSource, SeamMeter, actor_neutral, choose_audio, frame_schedule,
+from facerender.reenact.common import (FrameSource, OutputSettings, SeamMeter, actor_neutral, choose_audio, frame_schedule,
                                        load_or_track, paste_crop, side_by_side_frame, square_feather,
                                        transfer_expression)
 
@@ -44,47 +44,32 @@ PathLike = Union[str, Path]
 
 
 @dataclass
-class DVPReenactConfig:
-    """Settings of :func:`dvp_reenact`.
+class DVPReenactConfig(OutputSettings):
+    """Settings of :func:`dvp_reenact`; the output settings (length, audio, side-by-side, stills, max_frames, x264)
+    are :class:`~facerender.reenact.common.OutputSettings`' (Face2Face's).
 
     Attributes:
-        length, audio: as Face2Face (``"source"`` / ``"target"`` / ``"shortest"``; ``"auto"`` / ``"source"`` /
-            ``"target"`` / ``"none"``).
         transfer_pose: transfer the source's head pose (else the target keeps its own).
         transfer_gaze: the source's eye gaze (else the target's own).
         neutral_percentile: percentile of each blendshape weight taken as an actor's neutral.
         feather: width of the crop's blended border, as a fraction of the crop side.
         batch: frames rendered and translated together.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
-        side_by_side, side_height, stills, max_frames, crf, preset: outputs, as Face2Face.
     """
 
-    length: str = "source"
-    audio: str = "auto"
     transfer_pose: bool = True
     transfer_gaze: bool = True
     neutral_percentile: float = 5.0
     feather: float = 0.12
     batch: int = 4
     device: str = "auto"
-    side_by_side: bool = True
-    side_height: int = 256
-    stills: Tuple[int, ...] = (0, 30, 90)
-    max_frames: Optional[int] = None
-    crf: float = 20
-    preset: str = "veryfast"
 
     def __post_init__(self):
-        if self.length not in ("source", "target", "shortest"):
-            raise ValueError(f"length must be 'source', 'target' or 'shortest', got {self.length!r}")
-        if self.audio not in ("auto", "source", "target", "none"):
-            raise ValueError(f"audio must be 'auto', 'source', 'target' or 'none', got {self.audio!r}")
+        super().__post_init__()
         if not 0 <= self.feather < 0.5:
             raise ValueError(f"feather must lie in [0, 0.5), got {self.feather}")
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
 
 
 @dataclass
