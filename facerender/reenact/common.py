@@ -15,9 +15,9 @@ from ..errors import VideoError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OutputSettings", "load_or_track", "frame_schedule", "actor_neutral", "transfer_expression", "FrameSource", "choose_audio",
-           "audio_warning",
-           "label_image", "panel", "side_by_side_frame", "SeamMeter", "square_feather", "paste_crop"]
+__all__ = ["OutputSettings", "load_or_track", "frame_schedule", "actor_neutral", "transfer_expression", "FrameSource",
+           "choose_audio", "audio_warning", "label_image", "panel", "side_by_side_frame", "SeamMeter", "square_feather",
+           "paste_crop"]
 
 
 @dataclass
