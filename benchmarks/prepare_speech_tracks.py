@@ -7,6 +7,9 @@ What it writes into ``--out`` (a folder OUTSIDE the repository; the tracks are d
   tracker's bundling (identity, albedo, camera) runs once for the speaker instead of once per 3-second clip (12 s of
   the 33 s a clip takes alone), and every clip of the speaker shares one identity, so that the expression coefficients
   of all clips live in the same space (what the per-identity linear map of Audio2ExpressionNet assumes).
+* ``grid_s1/concat_speech.mp4``: the same video (its packets copied) with the clips' sound, each clip's audio cut or
+  padded to its frames' duration so that sound and frames stay aligned across the cuts: a target video with speech
+  for ``facerender train nvp-render`` (its track is ``grid_s1/track``; the track fits it as it fits concat.mp4).
 * ``grid_multi/<clip>/track/``: each of the nine other speakers' single clip, tracked alone.
 * ``manifest.json``: per speaker the track file and its clips in timeline order: clip name, source video (relative
   to the data folder), first frame in the track, frame count, and the split of every frame.
@@ -82,6 +85,29 @@ def concat_clips(paths, out_path: Path, crf: float = 14):
     return counts
 
 
+def speech_video(paths, counts, concat: Path, out_path: Path, fps: float = 25.0, rate: int = 44100) -> None:
+    """``concat`` with the clips' sound: each clip's audio (mono, ``rate``) cut or zero-padded to ``count / fps``
+    seconds, written to a WAV beside it and muxed under the copied video packets."""
+    import wave
+
+    from facerender.audio import load_audio
+    from facerender.audio.mux import mux_audio
+
+    wav = out_path.with_name(out_path.stem + "_audio.wav")
+    tmp = wav.with_suffix(".wav.partial")
+    with wave.open(str(tmp), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        for p, n in zip(paths, counts):
+            x, _ = load_audio(p, rate)
+            want = int(round(n / fps * rate))
+            x = np.concatenate([x[:want], np.zeros(max(0, want - x.shape[0]), np.float32)])
+            f.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+    os.replace(tmp, wav)
+    mux_audio(concat, wav, out_path)
+
+
 def _track(video: Path, out_dir: Path):
     from facerender.tracking import track_video
 
@@ -133,6 +159,10 @@ def main(argv=None) -> int:
         print(f"grid_s1: concatenating {len(names)} clips")
         counts = concat_clips([s1_dir / f"{n}.mp4" for n in names], concat)
         counts_path.write_text(json.dumps(counts))
+    with_sound = sdir / "concat_speech.mp4"
+    if not with_sound.is_file():
+        print("grid_s1: the concatenated video with its sound")
+        speech_video([s1_dir / f"{n}.mp4" for n in names], counts, concat, with_sound)
     print(f"grid_s1: tracking {sum(counts)} frames")
     _track(concat, sdir / "track")
     n_train = int(round(len(names) * (1 - HOLDOUT_FRACTION)))
@@ -141,7 +171,8 @@ def main(argv=None) -> int:
         clips.append({"name": n, "video": f"grid_s1/video/{n}.mp4", "start": start, "frames": c,
                       "heldout_from": 0 if i >= n_train else c})
         start += c
-    speakers["s1"] = {"track": "grid_s1/track/params.npz", "clips": clips}
+    speakers["s1"] = {"track": "grid_s1/track/params.npz", "clips": clips,
+                      "video_with_sound": "grid_s1/concat_speech.mp4"}
 
     # ---- grid_multi: nine speakers, one clip each
     if not args.skip_multi:
