@@ -13,14 +13,15 @@ Parts (each prints a table; ``--json`` writes everything):
   jawOpen and of the inner-lip opening of the mesh (iBUG points 62-66, cm) per frame, the audio-video offset that
   maximises it (-5 .. 5 frames), next to a baseline measured in the same run (per speaker, a linear regression of
   jawOpen / opening on the loudness around the frame), and a new target's map fitted in closed form from frozen
-  codes. The same network is trained on pocketsphinx phone features (``--features``) for comparison. The trained
-  log-mel network is saved to ``--save`` for the rendering phase.
+  codes. The same network is trained on pocketsphinx phone features (``--features``) for comparison. Training runs
+  the shared trainer (``train_nvp_audio``, the method ``"nvp-audio"``) into ``--runs/audio_<features>``; a run that
+  is already there is evaluated as it is (``facerender train nvp-audio`` writes the same runs).
 4. **Speed**: audio-to-expression per frame (a whole clip batched, and frame by frame as a stream).
 
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_nvp_audio.py --tracks ../nvp_tracks [--steps 5000] [--batch 64]
-        [--save ../nvp_tracks/audio2expression.pt] [--json out.json] [--skip features,synthetic,real]
+        [--runs ../nvp_runs] [--json out.json] [--skip features,synthetic,real]
         [--features log_mel,phones] [--plot docs/images/nvp_audio_heldout.png]
 """
 from __future__ import annotations
@@ -41,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import median_ms  # noqa: E402
 
 from facerender.audio import MelConfig, MelStream, compute_features, iter_log_mel, log_mel  # noqa: E402
-from neural_renderers.nvp import (Audio2ExpressionConfig, Audio2ExpressionMethod, Audio2ExpressionNet,  # noqa: E402
-                                  FrameSequenceDataset, fit_identity_map, load_speech_tracks,
-                                  mouth_weights_from_model, train_simple)
+from neural_renderers.nvp import (Audio2ExpressionMethod, FrameSequenceDataset, NVPAudioConfig,  # noqa: E402
+                                  fit_identity_map, load_nvp_audio, load_speech_tracks, train_nvp_audio)
+from neural_renderers.training import TrainConfig, Trainer  # noqa: E402
 from neural_renderers.nvp.synthetic import synthetic_clip  # noqa: E402
 
 JAW = 26  # ICT's jawOpen
@@ -182,17 +183,24 @@ def toy_basis(K=53):
     return b
 
 
+def _train_config(steps: int, batch: int, **kw) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=batch, lr_decay_start=0.3, checkpoint_every=steps, val_every=0,
+                       sample_every=10 ** 9, log_every=max(steps // 10, 1), progress=False, tensorboard=False, **kw)
+
+
 def part_synthetic(results: dict, steps: int, batch: int):
     torch.manual_seed(0)
     train = [synthetic_clip(30, seed=s) for s in range(4)]
     test = synthetic_clip(30, seed=100)
-    net = Audio2ExpressionNet(Audio2ExpressionConfig())
+    method = Audio2ExpressionMethod(NVPAudioConfig(lr=2e-3), basis=toy_basis())
+    net = method.net
     with torch.no_grad():
         net.maps.bias[0] = torch.from_numpy(train[0].expression.mean(0))
-    method = Audio2ExpressionMethod(net, toy_basis())
     t = time.perf_counter()
-    train_simple(method, FrameSequenceDataset(train).batches(batch, seed=0), steps=steps, lr=2e-3, log_every=10 ** 9)
+    with tempfile.TemporaryDirectory() as d:
+        Trainer(method, FrameSequenceDataset(train), d, _train_config(steps, batch)).fit()
     el = time.perf_counter() - t
+    method.eval()
     with torch.no_grad():
         pred = net.predict_sequence(torch.from_numpy(test.all_windows()), 0).numpy()[:, JAW]
     truth = test.expression[:, JAW]
@@ -224,20 +232,22 @@ def loudness(clip, frames):
     return w[:, 6:10].mean(axis=(1, 2))
 
 
-def _train(clips, speakers, basis, weights, steps, batch, seed=0):
-    torch.manual_seed(seed)
-    ds = FrameSequenceDataset(clips)
-    cfg = Audio2ExpressionConfig(feature_dim=ds.feature_dim, num_identities=len(speakers))
-    net = Audio2ExpressionNet(cfg)
-    with torch.no_grad():
-        for i in range(len(speakers)):
-            ex = np.concatenate([c.expression[c.start:c.stop][c.valid[c.start:c.stop]] for c in clips
-                                 if c.identity == i])
-            net.maps.bias[i] = torch.from_numpy(ex.mean(0))
-    method = Audio2ExpressionMethod(net, basis, weights)
-    t = time.perf_counter()
-    hist = train_simple(method, ds.batches(batch, seed=seed), steps=steps, lr=1e-3, log_every=max(steps // 10, 1))
-    return net, cfg, hist, time.perf_counter() - t, len(ds)
+def _train(kind, tracks: Path, runs: Path, steps, batch):
+    """The ``nvp-audio`` run of ``kind`` in ``runs/audio_<kind>``: trained by the shared trainer unless it exists.
+    Returns the network, its config, the first / last logged losses, the training seconds and the frames."""
+    run = runs / f"audio_{kind}"
+    if not (run / "checkpoints" / "last.pt").is_file():
+        train_nvp_audio(tracks, run, train=_train_config(steps, batch, threads=torch.get_num_threads()),
+                        features=kind)
+    else:
+        print(f"{kind}: evaluating the existing run {run}")
+    method, saved = load_nvp_audio(run)
+    rec = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rec = [r for r in rec if "audio2expression/total" in r]
+    hist = [{k.split("/")[-1]: v for k, v in r.items()} for r in (rec[0], rec[-1])]
+    summ = json.loads((run / "train_summary.json").read_text())
+    cfg = json.loads((run / "config.json").read_text())
+    return method.net, method.config, hist, summ["train_seconds_total"], cfg["data"]["train_frames"], summ
 
 
 def _predict(net, clips, map_override=None):
@@ -289,7 +299,7 @@ def _plot(items, face, identities, base, mel_by_key, path: Path):
     print(f"wrote {path}")
 
 
-def part_real(tracks: Path, results: dict, steps: int, batch: int, save: Path, kinds, plot=None):
+def part_real(tracks: Path, results: dict, steps: int, batch: int, runs: Path, kinds, plot=None):
     from facerender.tracking import load_track
     from morphable_models import load_ict
 
@@ -304,7 +314,8 @@ def part_real(tracks: Path, results: dict, steps: int, batch: int, save: Path, k
         print(f"phone features of every clip in {time.perf_counter() - t:.0f} s")
     mel_train, mel_held = data["log_mel"][0][0], data["log_mel"][1]
     face = load_ict().submodel("face")
-    basis = face.expression_basis_3d().detach()
+    from neural_renderers.nvp import mouth_weights_from_model
+
     weights = mouth_weights_from_model(face)
     manifest = json.loads((tracks / "manifest.json").read_text())
     identities = {spk: load_track(tracks / manifest["speakers"][spk]["track"]).identity for spk in speakers}
@@ -327,12 +338,15 @@ def part_real(tracks: Path, results: dict, steps: int, batch: int, save: Path, k
     rows, curves, nets, per_plot = [], {}, {}, []
     for kind in kinds:
         (train_clips, _), held_clips = data[kind]
-        net, cfg, hist, t_train, n_ds = _train(train_clips, speakers, basis, weights, steps, batch)
+        net, cfg, hist, t_train, n_ds, summ = _train(kind, tracks, runs, steps, batch)
+        if list(cfg.speakers) != list(speakers):
+            raise SystemExit(f"the run's speakers {list(cfg.speakers)} differ from the tracks' {speakers}")
+        n_steps, n_batch = summ["steps"], summ["batch_size"]
         nets[kind] = (net, cfg)
-        print(f"{kind}: trained {steps} steps x {batch} in {t_train:.0f} s ({1e3 * t_train / steps:.0f} ms per "
-              f"step); loss {hist[0]['total']:.4f} -> {hist[-1]['total']:.4f} (vertex RMS at t: "
+        print(f"{kind}: trained {n_steps} steps x {n_batch} in {t_train:.0f} s ({1e3 * t_train / n_steps:.0f} ms "
+              f"per step); loss {hist[0]['total']:.4f} -> {hist[-1]['total']:.4f} (vertex RMS at t: "
               f"{hist[-1]['absolute']:.4f} cm)")
-        results.setdefault("training", {})[kind] = {"seconds": t_train, "steps": steps, "batch": batch,
+        results.setdefault("training", {})[kind] = {"seconds": t_train, "steps": n_steps, "batch": n_batch,
                                                    "frames": n_ds, "final": hist[-1]}
         per = _predict(net, held_clips)
         if kind == "log_mel":
@@ -403,11 +417,6 @@ def part_real(tracks: Path, results: dict, steps: int, batch: int, save: Path, k
             {"mode": "frame by frame (8 windows through the encoder each)", "ms per frame": f"{ms_one:.3f}"}]
     table("Audio-to-expression speed (CPU, log-mel features excluded)", srow, ["mode", "ms per frame"])
     results["speed"] = srow
-    if save is not None:
-        save.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"method": "nvp-audio", "config": cfg.to_dict(), "mel": MelConfig().to_dict(),
-                    "features": "log_mel", "speakers": speakers, "state_dict": net.state_dict()}, save)
-        print(f"saved the trained log-mel network to {save}")
 
 
 def main(argv=None) -> int:
@@ -416,7 +425,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--synthetic-steps", type=int, default=600)
-    ap.add_argument("--save", type=Path, default=None, help="where to save the trained network (.pt)")
+    ap.add_argument("--runs", type=Path, default=None,
+                    help="folder of the training runs (audio_log_mel, audio_phones; default: beside --tracks)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: features,synthetic,real")
     ap.add_argument("--features", default="log_mel,phones",
@@ -444,7 +454,8 @@ def main(argv=None) -> int:
             kinds = [k.strip() for k in args.features.split(",") if k.strip()]
             if "log_mel" not in kinds:
                 kinds.insert(0, "log_mel")
-            part_real(args.tracks, results, args.steps, args.batch, args.save, kinds, args.plot)
+            runs = args.runs if args.runs is not None else args.tracks.resolve().parent / "nvp_runs"
+            part_real(args.tracks, results, args.steps, args.batch, runs, kinds, args.plot)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float))
     return 0

@@ -8,6 +8,8 @@
     facerender reenact --source SRC --target TGT -o DIR
     facerender train dvp --target VIDEO -o RUN
     facerender reenact --method dvp --model RUN --source SRC -o DIR
+    facerender train nvp-audio -o AUDIO_RUN; facerender train nvp-render --target VIDEO -o RUN --audio-model AUDIO_RUN
+    facerender puppet --audio SPEECH --model RUN -o DIR
 
 Every command takes ``--home`` (the model cache, default ``$FACERENDER_HOME`` or ``~/.cache/facerender``) and
 ``-v`` for more logging. Outputs are written to temporary files and renamed, so a failed run never leaves a
@@ -222,20 +224,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="target video or a folder written by 'facerender track' (face2face: required; dvp: "
                          "default the run's own target)")
     pe.add_argument("-o", "--output", required=True, help="output folder")
-    pe.add_argument("--max-frames", type=positive_int, default=None)
+    pe.add_argument("--max-frames", type=positive_int, default=None,
+                    help="track only the first N frames of each video and write at most N output frames")
     pe.add_argument("--audio", choices=["auto", "target", "source", "none"], default="auto",
                     help="audio of the output (auto: the video whose length the output follows)")
     pe.add_argument("--length", choices=["source", "target", "shortest"], default="source",
                     help="follow the source's length (the target ping-pongs), the target's, or the shorter")
     pe.add_argument("--transfer-pose", action="store_true", help="also transfer relative head pose")
-    pe.add_argument("--mouth", choices=["retrieval", "model"], default="retrieval")
+    pe.add_argument("--mouth", choices=["retrieval", "model"], default="retrieval",
+                    help="mouth interior: retrieval (the target's own mouth frame that matches best, warped; "
+                         "Face2Face) or model (the face model's mouth rendered)")
     pe.add_argument("--crop-size", type=int_in(32, 2048), default=256, help="side of the face crop rendered per frame")
     pe.add_argument("--face-model", dest="face_model", default=None, help="--method face2face: " + MODEL_HELP)
     pe.set_defaults(func=_cmd_reenact)
 
-    from neural_renderers.cli import add_train_parser  # argparse only: imports no torch
+    from neural_renderers.cli import add_puppet_parser, add_train_parser  # argparse only: imports no torch
 
     add_train_parser(sub)
+    add_puppet_parser(sub)
 
     from .metrics.cli import add_parser as add_evaluate_parser  # argparse only: imports no torch
 

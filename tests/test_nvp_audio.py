@@ -15,9 +15,9 @@ from facerender.audio import (AudioFeatures, MelConfig, MelStream, compute_featu
 from facerender.audio.mel import hz_to_mel, mel_to_hz
 from facerender.errors import AudioError, VideoError
 from neural_renderers.nvp import (Audio2ExpressionConfig, Audio2ExpressionMethod, Audio2ExpressionNet,
-                                  FrameSequenceDataset, TemporalFilter, context_offsets, fit_identity_map,
-                                  mouth_weights, mouth_weights_from_model, temporal_loss, train_simple, vertex_gram,
-                                  vertex_loss, vertex_rms)
+                                  FrameSequenceDataset, NVPAudioConfig, TemporalFilter, context_offsets,
+                                  fit_identity_map, mouth_weights, mouth_weights_from_model, temporal_loss,
+                                  vertex_gram, vertex_loss, vertex_rms)
 from neural_renderers.nvp.synthetic import jaw_from_level, loudness_jaw_clip, synthetic_clip
 
 
@@ -528,20 +528,30 @@ def test_load_speech_tracks_splits_and_cuts(tmp_path, monkeypatch):
         load_speech_tracks(tmp_path, "test")
 
 
-def test_synthetic_pipeline_learns_the_known_map():
+def test_synthetic_pipeline_learns_the_known_map(tmp_path):
+    """The shared trainer drives the "nvp-audio" method (160 steps of 32) to the known loudness -> jawOpen map."""
+    from neural_renderers.training import TrainConfig, Trainer
+
     torch.manual_seed(0)
     w, e, lv = loudness_jaw_clip(2.0, seed=1)
     np.testing.assert_allclose(e[:, 26], jaw_from_level(lv))
     assert e[:, 26].max() == pytest.approx(0.7) and e[:, 26].min() == 0.0 and np.all(np.delete(e, 26, 1) == 0)
     train = [synthetic_clip(16, seed=s) for s in (0, 1)]
     test = synthetic_clip(8, seed=9)
-    net = Audio2ExpressionNet(Audio2ExpressionConfig())
-    method = Audio2ExpressionMethod(net, _toy_basis())
+    method = Audio2ExpressionMethod(NVPAudioConfig(lr=3e-3), basis=_toy_basis())
+    net = method.net
     with torch.no_grad():
         net.maps.bias[0] = torch.from_numpy(train[0].expression.mean(0))
     ds = FrameSequenceDataset(train)
-    hist = train_simple(method, ds.batches(32, seed=0), steps=160, lr=3e-3, log_every=40)
-    assert hist[-1]["total"] < 0.5 * hist[0]["total"]
+    tr = Trainer(method, ds, tmp_path / "run", TrainConfig(steps=160, batch_size=32, lr_decay_start=0.5,
+                                                             log_every=40, val_every=0, sample_every=10 ** 6,
+                                                             checkpoint_every=10 ** 6, progress=False,
+                                                             tensorboard=False, threads=1),
+                 val_data=FrameSequenceDataset([test]))
+    before = tr.validate()["val/total"]
+    res = tr.fit()
+    assert res.step == 160 and res.validation["val/total"] < 0.5 * before
+    method.eval()
     with torch.no_grad():
         pred = net.predict_sequence(torch.from_numpy(test.all_windows()), 0).numpy()
     truth = test.expression[:, 26]
@@ -564,9 +574,10 @@ def test_synthetic_pipeline_learns_the_known_map():
 
 def test_training_step_losses():
     torch.manual_seed(0)
-    net = Audio2ExpressionNet(Audio2ExpressionConfig(num_identities=2))
-    method = Audio2ExpressionMethod(net, _toy_basis())
-    assert set(method.networks()) == {"audio2expression"}
+    method = Audio2ExpressionMethod(NVPAudioConfig(num_identities=2), basis=_toy_basis())
+    net = method.net
+    assert set(method.networks()) == {"audio2expression"} and method.name == "nvp-audio"
+    assert [p.name for p in method.phases()] == ["audio2expression"]
     batch = {"windows": torch.randn(4, 10, 16, 80), "expression": torch.rand(4, 3, 53),
              "identity": torch.tensor([0, 1, 0, 1]), "weight": torch.tensor([1.0, 1.0, 0.0, 1.0])}
     losses = method.training_step(batch)

@@ -23,23 +23,28 @@ ratios.
 
 A new target only needs its own map: :func:`fit_identity_map` solves it in closed form (least squares) from the
 frozen shared codes of its tracked frames.
+
+:class:`Audio2ExpressionMethod` is the method of the shared trainer (``"nvp-audio"``, ``facerender train nvp-audio``;
+:func:`~neural_renderers.nvp.train.train_nvp_audio`): checkpoints, exact resume and DDP come from
+:class:`~neural_renderers.training.Trainer`.
 """
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from ..training.method import Method, Phase, register_method
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Audio2ExpressionConfig", "AudioExpressionEncoder", "TemporalFilter", "IdentityMaps",
-           "Audio2ExpressionNet", "Audio2ExpressionOutput", "Audio2ExpressionMethod", "LossWeights",
+           "Audio2ExpressionNet", "Audio2ExpressionOutput", "Audio2ExpressionMethod", "NVPAudioConfig",
            "context_offsets", "vertex_gram", "vertex_rms", "vertex_loss", "temporal_loss", "mouth_weights",
-           "mouth_weights_from_model", "fit_identity_map", "train_simple"]
+           "mouth_weights_from_model", "fit_identity_map"]
 
 
 def context_offsets(filter_frames: int) -> Tuple[int, ...]:
@@ -211,13 +216,23 @@ class Audio2ExpressionNet(nn.Module):
         self.filter = TemporalFilter(config.code_dim, config.filter_frames)
         self.maps = IdentityMaps(config.num_identities, config.num_expressions, config.code_dim)
 
-    def forward(self, windows: torch.Tensor, identity: torch.Tensor) -> Audio2ExpressionOutput:
+    def forward(self, windows: torch.Tensor, identity: torch.Tensor, triplet: bool = False):
+        """``windows (B, S, W, D)`` -> :class:`Audio2ExpressionOutput`; with ``triplet=True``, ``windows
+        (B, S + 2, W, D)`` (frames ``t + offsets[0] - 1 .. t + offsets[-1] + 1``) -> ``(expression (B, 3, K)`` at
+        ``t-1, t, t+1``, ``expression_center (B, K))`` of frame ``t``'s unfiltered code (the training pass: one
+        call, so DistributedDataParallel sees every parameter used)."""
         cfg = self.config
-        _check_windows(windows, cfg, f" after (B, S={cfg.filter_frames})")
-        if windows.ndim != 4 or windows.shape[1] != cfg.filter_frames:
-            raise ValueError(f"windows must be (B, S={cfg.filter_frames}, W, D), got shape {tuple(windows.shape)}")
+        S = cfg.filter_frames + (2 if triplet else 0)
+        _check_windows(windows, cfg, f" after (B, S={S})")
+        if windows.ndim != 4 or windows.shape[1] != S:
+            what = "S + 2 = " if triplet else "S="
+            raise ValueError(f"windows must be (B, {what}{S}, W, D), got shape {tuple(windows.shape)}")
         codes = self.encoder(windows)
-        return self.from_codes(codes, identity)
+        if not triplet:
+            return self.from_codes(codes, identity)
+        S = cfg.filter_frames
+        outs = [self.from_codes(codes[:, j:j + S], identity) for j in range(3)]
+        return torch.stack([o.expression for o in outs], dim=1), outs[1].expression_center
 
     def from_codes(self, codes: torch.Tensor, identity: torch.Tensor) -> Audio2ExpressionOutput:
         """The filter and the maps on per-frame codes ``(B, S, C)``."""
@@ -350,71 +365,150 @@ def fit_identity_map(codes, expressions, weights=None, ridge: float = 1e-4) -> T
 
 
 # ------------------------------------------------------------------------------------------------ the method
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the reference code's terms (its 1000 / 3000 / 20000 ratios): ``absolute`` per frame t-1, t, t+1,
-    ``center`` for frame t's unfiltered code, ``temporal`` per frame-difference pair."""
+@dataclass
+class NVPAudioConfig:
+    """The ``nvp-audio`` method: the network's sizes, the loss weights and the optimiser (saved with every run).
 
-    absolute: float = 1.0
-    center: float = 3.0
-    temporal: float = 20.0
+    Attributes:
+        feature_dim, window_steps, code_dim, filter_frames, num_expressions, num_identities: the network
+            (:class:`Audio2ExpressionConfig`; ``num_identities`` = the speakers trained together).
+        loss_absolute, loss_center, loss_temporal: the reference code's 1000 / 3000 / 20000 ratios: the absolute
+            vertex RMS per frame ``t-1, t, t+1``, frame ``t``'s unfiltered code, each frame-difference pair.
+        lr, beta1, beta2, weight_decay: Adam.
+        features: ``"log_mel"`` (:func:`facerender.audio.compute_features`) or ``"phones"``; a model only takes the
+            features it was trained on.
+        speakers: the speakers' names, in identity order (identity ``i`` is ``speakers[i]``).
+        mouth_radius, mouth_weight: the vertex weights of the loss (:func:`mouth_weights_from_model`).
+    """
+
+    feature_dim: int = 80
+    window_steps: int = 16
+    code_dim: int = 32
+    filter_frames: int = 8
+    num_expressions: int = 53
+    num_identities: int = 1
+    loss_absolute: float = 1.0
+    loss_center: float = 3.0
+    loss_temporal: float = 20.0
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    features: str = "log_mel"
+    speakers: Tuple[str, ...] = ()
+    mouth_radius: float = 2.0
+    mouth_weight: float = 10.0
+
+    def __post_init__(self):
+        self.speakers = tuple(self.speakers)
+        self.net  # noqa: B018 - validates the sizes
+        if self.features not in ("log_mel", "phones") and not self.features.startswith("external"):
+            raise ValueError(f"features must be 'log_mel', 'phones' or 'external:<kind>', got {self.features!r}")
+        if self.speakers and len(self.speakers) != self.num_identities:
+            raise ValueError(f"{len(self.speakers)} speaker names for num_identities={self.num_identities}")
+        for k in ("loss_absolute", "loss_center", "loss_temporal", "weight_decay"):
+            if not getattr(self, k) >= 0:
+                raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    @property
+    def net(self) -> Audio2ExpressionConfig:
+        """The network's :class:`Audio2ExpressionConfig`."""
+        return Audio2ExpressionConfig(self.feature_dim, self.window_steps, self.code_dim, self.filter_frames,
+                                      self.num_expressions, self.num_identities)
 
 
-class Audio2ExpressionMethod(nn.Module):
-    """The training method of Audio2ExpressionNet, written against the minimal trainer interface:
-    :meth:`networks` and :meth:`training_step` (``batch -> {name: scalar loss}``, ``"total"`` to back-propagate).
+@register_method
+class Audio2ExpressionMethod(Method):
+    """Audio2ExpressionNet as a method of the shared trainer (``facerender train nvp-audio``; registered as
+    ``"nvp-audio"``): one network (``"audio2expression"``), one Adam phase, the losses of the module docstring.
 
     A batch (from :class:`~neural_renderers.nvp.data.FrameSequenceDataset`) holds ``windows (B, S + 2, W, D)``:
     the windows of frames ``t + offsets[0] - 1 .. t + offsets[-1] + 1``, ``expression (B, 3, K)``: the tracked
     weights at ``t-1, t, t+1``, ``identity (B,)``, and optionally ``weight (B,)`` (0 drops a sample).
 
     Args:
-        net: the :class:`Audio2ExpressionNet`. basis: ``(K, V, 3)`` blendshape offsets of the loss's mesh.
-        vertex_weights: ``(V,)`` (:func:`mouth_weights_from_model`); ones when None. loss_weights: :class:`LossWeights`.
+        config: :class:`NVPAudioConfig`.
+        basis: ``(K, V, 3)`` blendshape offsets of the loss's mesh (ICT's face area); None measures the loss on the
+            blendshape weights themselves (an identity Gram matrix; for loading a trained network, or parameter-space
+            training as the reference code's default).
+        vertex_weights: ``(V,)`` (:func:`mouth_weights_from_model`); ones when None.
     """
 
     name = "nvp-audio"
+    config_class = NVPAudioConfig
 
-    def __init__(self, net: Audio2ExpressionNet, basis: torch.Tensor, vertex_weights: Optional[torch.Tensor] = None,
-                 loss_weights: LossWeights = LossWeights()):
-        super().__init__()
-        if basis.ndim != 3 or basis.shape[0] != net.config.num_expressions:
-            raise ValueError(f"basis must be (K={net.config.num_expressions}, V, 3), got shape {tuple(basis.shape)}")
-        self.net = net
-        self.loss_weights = loss_weights
-        self.register_buffer("gram", vertex_gram(basis.double(), None if vertex_weights is None
-                                                 else vertex_weights.double()).float())
+    def __init__(self, config: Optional[NVPAudioConfig] = None, *, basis: Optional[torch.Tensor] = None,
+                 vertex_weights: Optional[torch.Tensor] = None):
+        super().__init__(config or NVPAudioConfig())
+        c = self.config
+        self.net = Audio2ExpressionNet(c.net)
+        K = c.num_expressions
+        if basis is None:
+            gram = torch.eye(K, dtype=torch.float64)
+        else:
+            if basis.ndim != 3 or basis.shape[0] != K:
+                raise ValueError(f"basis must be (K={K}, V, 3), got shape {tuple(basis.shape)}")
+            gram = vertex_gram(basis.double(), None if vertex_weights is None else vertex_weights.double())
+        self.register_buffer("gram", gram.float())
 
+    # ------------------------------------------------------------------------------------------- trainer API
     def networks(self) -> Dict[str, nn.Module]:
         return {"audio2expression": self.net}
 
-    def predict_triplet(self, windows: torch.Tensor, identity: torch.Tensor):
+    def phases(self) -> List[Phase]:
+        c = self.config
+        return [Phase("audio2expression", ("audio2expression",), c.lr, (c.beta1, c.beta2), c.weight_decay)]
+
+    def forward_train(self, nets, batch: Dict[str, Any]) -> Dict[str, Any]:
+        return {}
+
+    def phase_loss(self, phase: str, nets, batch: Dict[str, Any], outputs: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        return self.losses(nets["audio2expression"], batch)
+
+    @torch.no_grad()
+    def validate(self, nets, batch: Dict[str, Any]) -> Dict[str, float]:
+        """Held-out losses (vertex RMS, model units) of one batch."""
+        return {k: float(v) for k, v in self.losses(nets["audio2expression"], batch).items()}
+
+    def signature(self) -> Dict[str, Any]:
+        c = self.config
+        return {"feature_dim": c.feature_dim, "window_steps": c.window_steps, "code_dim": c.code_dim,
+                "filter_frames": c.filter_frames, "num_expressions": c.num_expressions,
+                "num_identities": c.num_identities, "features": c.features}
+
+    # ------------------------------------------------------------------------------------------- the losses
+    def predict_triplet(self, windows: torch.Tensor, identity: torch.Tensor, net: Optional[nn.Module] = None):
         """Outputs at ``t-1, t, t+1`` from ``windows (B, S + 2, W, D)``: ``(expr (B, 3, K), center (B, K))``."""
-        S = self.net.config.filter_frames
+        net = self.net if net is None else net
+        S = self.config.filter_frames
         if windows.ndim != 4 or windows.shape[1] != S + 2:
             raise ValueError(f"batch['windows'] must be (B, S + 2 = {S + 2}, W, D), got shape "
                              f"{tuple(windows.shape)}")
-        codes = self.net.encoder(windows)  # (B, S + 2, C)
-        outs = [self.net.from_codes(codes[:, j:j + S], identity) for j in range(3)]
-        return torch.stack([o.expression for o in outs], dim=1), outs[1].expression_center
+        return net(windows, identity, triplet=True)  # through the (possibly DDP-wrapped) module's forward
 
-    def training_step(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    def losses(self, net: nn.Module, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Scalar losses of one batch: ``absolute``, ``center``, ``temporal`` (vertex RMS, model units), ``total``."""
         windows = batch["windows"]
         target = batch["expression"].to(windows)
         identity = batch["identity"].to(windows.device)
-        pred, center = self.predict_triplet(windows, identity)
+        pred, center = self.predict_triplet(windows, identity, net)
         if "weight" in batch:
             keep = batch["weight"].to(windows.device) > 0
             pred, center, target = pred[keep], center[keep], target[keep]
         g = self.gram
-        lw = self.loss_weights
+        c = self.config
         absolute = sum(vertex_rms(pred[:, j] - target[:, j], g) for j in range(3))
         center_l = vertex_rms(center - target[:, 1], g)
         temporal = temporal_loss(pred, target, g)
-        total = lw.absolute * absolute + lw.center * center_l + lw.temporal * temporal
+        total = c.loss_absolute * absolute + c.loss_center * center_l + c.loss_temporal * temporal
         return {"total": total, "absolute": absolute.detach() / 3, "center": center_l.detach(),
                 "temporal": temporal.detach() / 3}
+
+    def training_step(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """:meth:`losses` of the method's own network (tests and direct use)."""
+        return self.losses(self.net, batch)
 
     @torch.no_grad()
     def fit_new_identity(self, windows: torch.Tensor, expressions: torch.Tensor, weights=None,
@@ -424,41 +518,3 @@ class Audio2ExpressionMethod(nn.Module):
         codes = self.net.sequence_codes(windows)
         W, b = fit_identity_map(codes, expressions, weights, ridge)
         return self.net.maps.add_identity(W, b)
-
-
-def train_simple(method: Audio2ExpressionMethod, batches: Iterable[Dict[str, Any]], steps: int, lr: float = 1e-3,
-                 weight_decay: float = 0.0, log_every: int = 100,
-                 callback: Optional[Callable[[int, Dict[str, float]], None]] = None) -> List[Dict[str, float]]:
-    """A minimal Adam loop over ``method.training_step`` (for tests, benchmarks and until the shared trainer drives
-    the method): ``steps`` steps over ``batches`` (cycled). Returns the logged losses."""
-    params = [p for net in method.networks().values() for p in net.parameters()]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
-    history: List[Dict[str, float]] = []
-    it = iter(batches)
-    method.train()
-    t0 = time.perf_counter()
-    for step in range(steps):
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(batches)
-            batch = next(it)
-        losses = method.training_step(batch)
-        if not torch.isfinite(losses["total"]):
-            from ..errors import TrainingDivergedError
-
-            raise TrainingDivergedError(f"nvp-audio: the loss became {float(losses['total'])} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        opt.step()
-        sched.step()
-        if step % log_every == 0 or step == steps - 1:
-            rec = {k: float(v.detach()) for k, v in losses.items()}
-            rec.update(step=step, seconds=time.perf_counter() - t0)
-            history.append(rec)
-            log.info("step %d: %s", step, {k: round(v, 5) for k, v in rec.items()})
-            if callback is not None:
-                callback(step, rec)
-    method.eval()
-    return history

@@ -125,6 +125,7 @@ def register_method(cls: Type[Method]) -> Type[Method]:
 
 def _load_builtin_methods() -> None:
     from .. import dvp  # noqa: F401  (registers "dvp")
+    from .. import nvp  # noqa: F401  (registers "nvp-audio", "nvp-render")
 
 
 def available_methods() -> List[str]:
