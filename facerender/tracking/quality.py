@@ -191,11 +191,13 @@ class PsnrMonitor:
     """The photometric check: is a frame's PSNR (``FrameResult.psnr``) an outlier of the clip's own distribution?
 
     Keeps the PSNRs of the last ``window`` accepted frames; once it holds ``min_frames``, a frame is an outlier when
-    its PSNR is below the median by more than ``max(k * 1.4826 * MAD, min_drop)`` dB. Outliers do not enter the
-    window. Streaming, with :meth:`state_dict` for resuming.
+    its PSNR is below the median by more than ``max(k * 1.4826 * MAD, min_drop)`` dB. Outliers enter the window too
+    (the median and the MAD ignore a few), so a lasting change of the clip's light or framing becomes its new normal
+    within half a window instead of flagging every later frame (with outliers kept out, lp_d14's bright first 50 frames
+    flagged the next 64). Streaming, with :meth:`state_dict` for resuming.
     """
 
-    def __init__(self, window: int = 150, min_frames: int = 30, k: float = 4.0, min_drop: float = 2.0):
+    def __init__(self, window: int = 150, min_frames: int = 30, k: float = 4.0, min_drop: float = 3.0):
         if window < min_frames or min_frames < 3 or not k > 0 or not min_drop >= 0:
             raise ValueError(f"PsnrMonitor needs window >= min_frames >= 3, k > 0, min_drop >= 0; got {window}, "
                              f"{min_frames}, {k}, {min_drop}")
@@ -211,11 +213,12 @@ class PsnrMonitor:
         return med - max(self.k * 1.4826 * float(np.median(np.abs(v - med))), self.min_drop)
 
     def update(self, psnr: float, accept: bool = True) -> bool:
-        """True when ``psnr`` is an outlier; a finite non-outlier enters the window when ``accept``."""
+        """True when ``psnr`` is an outlier; a finite value enters the window when ``accept`` (False: frames whose
+        solve started afresh)."""
         if not math.isfinite(psnr):
             return False
         out = psnr < self.threshold()
-        if accept and not out:
+        if accept:
             self.values = (self.values + [float(psnr)])[-self.window:]
         return bool(out)
 
