@@ -135,8 +135,8 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()},"
-          f" {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     from morphable_models import load_ict
 
     model = load_ict()

@@ -251,7 +251,8 @@ def main(argv=None):
         print("\nThe steadiness figure (longest run of solved frames): the tracker's distance to the raw detections "
               "against the fixed-identity frontier at the tracker's jitter (target: gap <= 0.15 px), and its distance "
               "to the smoothed detections against the single-image fit's to the raw ones (target: <=)")
-        print("| track | frames | jitter ratio | tracked, raw | frontier | gap | tracked, smoothed | single-image, raw |")
+        print("| track | frames | jitter ratio | tracked, raw | frontier | gap | tracked, smoothed "
+              "| single-image, raw |")
         print("|---|---|---|---|---|---|---|---|")
         for r in rows:
             f = frontier_row(model, r["track"], r["best_identity"], max_len=args.max_run)

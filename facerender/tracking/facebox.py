@@ -201,7 +201,8 @@ class LandmarkTrackerConfig:
 #: the benchmarks' baseline (``bench_tracking.py --baseline``).
 LEGACY_LANDMARKS = MappingProxyType({
     "box_growth": math.inf, "box_drift": math.inf, "motion_threshold": math.inf, "verify_landmarks": False,
-    "verify_interval": 10, "refine_box": 0.0, "measure_box": True, "suspect_jump": math.inf, "suspect_ncc": -math.inf, "suspect_shape": math.inf})
+    "verify_interval": 10, "refine_box": 0.0, "measure_box": True, "suspect_jump": math.inf,
+    "suspect_ncc": -math.inf, "suspect_shape": math.inf})
 
 
 @dataclass(frozen=True)
