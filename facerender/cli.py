@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     pm = sub.add_parser("model", help="install / inspect face models")
     msub = pm.add_subparsers(dest="model_command", required=True)
     pi = msub.add_parser("install", help="convert a face model into the cache")
-    pi.add_argument("name", choices=["ict-facekit"])
+    pi.add_argument("name", choices=["ict-facekit"], help="the model to install (ict-facekit: MIT licence)")
     pi.add_argument("--from", dest="source", default=None,
                     help="archive (.zip/.tar.*), folder (clone) or URL; default: the shared sample archive if "
                          "present, else the official GitHub archive")
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pi.set_defaults(func=_cmd_model_install, writes_home=True, home_bytes=64 << 20)  # model.npz is 51 MB
     pinfo = msub.add_parser("info", help="print counts, components, landmark sets, regions, file and licence")
-    pinfo.add_argument("--json", action="store_true")
+    pinfo.add_argument("--json", action="store_true", help="print the facts as JSON")
     pinfo.set_defaults(func=_cmd_model_info)
     from .model_cli import MODEL_HELP, add_model_commands  # argparse only: imports no torch
 
@@ -184,21 +184,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_cmd_render, output_kind="file", output_suffixes=IMAGE_SUFFIXES)
 
     pf = sub.add_parser("fit", help="fit the model to a photo")
-    pf.add_argument("image")
+    pf.add_argument("image", help="the photo (.jpg, .png, .ppm ...; gray, RGB or RGBA)")
     pf.add_argument("-o", "--output", required=True, help="output folder")
     pf.add_argument("--landmarks", default=None, help="use these landmarks (.pts / .ljson) instead of detecting")
     pf.add_argument("--face-index", type=nonnegative_int, default=None,
                     help="which detected face (default: the largest)")
     pf.add_argument("--box", type=box_type, default=None, help="face box x0,y0,x1,y1 in pixels")
     pf.add_argument("--no-photometric", action="store_true", help="landmarks only")
+    pf.add_argument("--threshold", type=float_in(-3, 3), default=None,
+                    help="dlib detection threshold (default -0.2; lower finds weaker faces, and more false ones)")
+    pf.add_argument("--upsample", type=int_in(0, 3), default=None,
+                    help="dlib detection upsampling (default 0; 1 finds faces half as large, 4x slower)")
     pf.add_argument("--size", type=int_in(32, 2048), default=256, help="resolution of the photometric fit")
     pf.add_argument("--model", "--face-model", dest="face_model", default=None, help=MODEL_HELP)
     pf.set_defaults(func=_cmd_fit)
 
     pt = sub.add_parser("track", help="track a video (per-frame parameters, overlay video)")
-    pt.add_argument("video")
+    pt.add_argument("video", help="the video file (.mp4, .mov ...)")
     pt.add_argument("-o", "--output", required=True, help="output folder")
-    pt.add_argument("--max-frames", type=positive_int, default=None)
+    pt.add_argument("--max-frames", type=positive_int, default=None, help="track only the first N frames")
     pt.add_argument("--size", type=int_in(16, 1024), default=128, help="resolution of the photometric energy")
     pt.add_argument("--no-overlay", action="store_true", help="do not write the overlay video")
     pt.add_argument("--restart", action="store_true", help="ignore a previous partial run in the folder")

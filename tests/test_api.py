@@ -93,7 +93,9 @@ def test_the_one_import_per_task():
     assert neural_renderers.train_dvp is train_dvp and neural_renderers.dvp_reenact is dvp_reenact
     # the modules keep their other names
     from facerender.fitting.fit_image import FitConfig
-    from facerender.render import rasterize  # noqa: F401 - the op stays importable
+    from facerender.render import rasterize
+
+    assert callable(rasterize)
 
     assert FitConfig is facerender.fitting.FitConfig
 
@@ -314,3 +316,81 @@ def test_a_command_runs_with_the_default_threads(monkeypatch):
     from facerender.cli_support import run_handler
 
     assert run_handler(threads.run_with_threads(lambda a: 0), args) == 2  # a usage error, one line
+
+
+# ------------------------------------------------------------------------------------------------ progress
+def test_stage_bar(capsys):
+    import time
+
+    from facerender.progress import NullBar, stage_bar
+
+    bar = stage_bar("quiet", 3, enabled=False)
+    assert isinstance(bar, NullBar)
+    bar.update()
+    bar.total = 5
+    bar.close()
+    assert capsys.readouterr().err == ""
+    with stage_bar("bundling 4 keyframes", None, True, interval=0.05) as bar:
+        time.sleep(0.2)  # the elapsed time ticks without updates
+        bar.total = 2
+        bar.update()
+        bar.update()
+    err = capsys.readouterr().err
+    assert "bundling 4 keyframes" in err and "2/2" in err
+    assert err.count("bundling 4 keyframes") >= 3  # refreshed by the ticker before the updates
+
+
+def test_fit_image_shows_progress_and_the_cli_lists_every_file(ict_model, faces_dir, tmp_path, capsys):
+    """The photometric fit shows a bar; ``facerender fit`` lists mesh.mtl and mesh.png with the other outputs."""
+    import facerender
+    from facerender.fitting import FitConfig, write_fit_outputs
+
+    photo = facerender.read_image(faces_dir / "takeo.ppm")
+    pts = facerender.read_landmarks(faces_dir / "takeo.pts")
+    cfg = FitConfig(size=64, levels=(32, 64), rounds=1, iterations=2)
+    fit = facerender.fit_image(ict_model, photo, landmarks=pts, config=cfg, progress=True)
+    assert "photometric fit (2 levels x 1 rounds)" in capsys.readouterr().err
+    paths = write_fit_outputs(tmp_path, ict_model, photo, fit)
+    assert set(paths) == {"overlay", "mesh", "material", "texture", "params"}
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == sorted(Path(p).name for p in paths.values())
+
+
+# ------------------------------------------------------------------------------------------------ CLI papercuts
+def test_every_option_has_help():
+    import argparse
+
+    from facerender.cli import build_parser
+
+    missing = []
+
+    def walk(p, path):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    walk(sp, path + [name])
+            elif not isinstance(a, argparse._HelpAction) and not a.help:
+                missing.append(" ".join(path + [a.option_strings[0] if a.option_strings else a.dest]))
+
+    walk(build_parser(), ["facerender"])
+    assert not missing, missing
+
+
+def test_no_face_hint_names_real_options(tmp_path, capsys):
+    """The message suggests options ``facerender fit`` has (it suggested a threshold and upsampling it lacked)."""
+    from PIL import Image
+
+    from facerender.cli import build_parser, main
+
+    img = tmp_path / "gray.png"
+    Image.fromarray(np.full((96, 96, 3), 128, np.uint8)).save(img)
+    rc = main(["fit", str(img), "-o", str(tmp_path / "out"), "--threshold", "0.5"])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the detection's progress bar
+    assert err.startswith("facerender: error: no face found")
+    named = set(re.findall(r"(--[a-z][a-z-]+)", err))
+    assert {"--box", "--landmarks", "--threshold", "--upsample"} <= named
+    fit_options = {o for a in build_parser()._subparsers._group_actions[0].choices["fit"]._actions
+                   for o in a.option_strings}
+    assert named <= fit_options
+    assert "--threshold 0.2 (now 0.5)" in err

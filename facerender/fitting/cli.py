@@ -45,7 +45,8 @@ def write_fit_outputs(out_dir, model, image: np.ndarray, result, texture_size: i
     """Write overlay.png, mesh.obj/.mtl/.png and params.json for a :class:`~facerender.fitting.fit_image.FitResult`.
 
     A model without texture coordinates gets ``mesh.obj`` with per-vertex colours from the photo. ``extra_params``
-    are added to params.json (e.g. a FLAME fit's own parameters). Returns the paths written.
+    are added to params.json (e.g. a FLAME fit's own parameters). Returns ``{what: path}`` of every file written
+    (overlay, mesh, material and texture when the model has UVs, params).
     """
     from morphable_models.geometry import model_to_camera
 
@@ -91,6 +92,8 @@ def write_fit_outputs(out_dir, model, image: np.ndarray, result, texture_size: i
             paths["mesh"] = str(write_textured_obj(out / "mesh.obj", fverts[0].numpy(), face.faces.numpy(),
                                                    face.uvs.numpy(), face.faces_uv.numpy(), tex,
                                                    material_name="face"))
+            paths["material"] = str(out / "mesh.mtl")  # written beside the OBJ (its material and texture)
+            paths["texture"] = str(out / "mesh.png")
         else:  # a model without texture coordinates (BFM): per-vertex colours sampled from the photo
             paths["mesh"] = str(_write_vertex_colour_obj(out / "mesh.obj", fverts[0].numpy(), face.faces.numpy(),
                                                          image, screen[0].numpy()))
@@ -103,6 +106,41 @@ def write_fit_outputs(out_dir, model, image: np.ndarray, result, texture_size: i
         Path(tmp).write_text(json.dumps(params, indent=1))
     paths["params"] = str(out / "params.json")
     return paths
+
+
+def _detector(args):
+    """The dlib detector with the command's --threshold / --upsample (None: the package's defaults)."""
+    th, up = getattr(args, "threshold", None), getattr(args, "upsample", None)
+    if th is None and up is None:
+        return "dlib"
+    from ..landmarks.detect import get_detector
+
+    return get_detector("dlib", **{k: v for k, v in (("threshold", th), ("upsample", up)) if v is not None})
+
+
+def _fit_or_hint(fit, args, *a, **kw):
+    """Run ``fit`` with the command's detector; a NoFaceError names the options that help."""
+    from ..errors import NoFaceError
+
+    det = _detector(args)
+    if det != "dlib":
+        kw["detector"] = det
+    try:
+        return fit(*a, **kw)
+    except NoFaceError as e:
+        if kw.get("landmarks") is not None or kw.get("box") is not None or args.face_index is not None:
+            raise
+        th = getattr(det, "threshold", None)
+        up = getattr(det, "upsample", None)
+        if th is None:
+            from ..landmarks.detect import get_detector
+
+            d = get_detector("dlib")
+            th, up = d.threshold, d.upsample
+        msg = str(e).split("; pass")[0]
+        raise NoFaceError(f"{msg}; give the face with --box x0,y0,x1,y1 or --landmarks FILE.pts, or detect weaker "
+                          f"faces with --threshold {th - 0.3:g} (now {th:g}) or smaller ones with --upsample {up + 1} "
+                          f"(now {up})") from e
 
 
 def run_fit(args) -> int:
@@ -143,14 +181,16 @@ def run_fit(args) -> int:
                     levels=tuple(s for s in (64, 128, 256, 512) if s <= args.size) or (args.size,))
     extra = {}
     if is_nonlinear(raw):
-        fit = fit_image_relinearized(raw, image, landmarks=landmarks, box=box, face_index=args.face_index, config=cfg)
+        fit = _fit_or_hint(fit_image_relinearized, args, raw, image, landmarks=landmarks, box=box,
+                           face_index=args.face_index, config=cfg)
         result, model = fit.result, fit.linear_model
         extra = {"model_parameters": fit.native, "relinearization_rounds": fit.rounds,
                  "linearization_error_px": fit.linearization_error_px}
         print(f"{type(raw).__name__}: {fit.rounds} linearisations; exact model vs its final linearisation: "
               f"{fit.linearization_error_cm * 10:.4f} mm, {fit.linearization_error_px:.4f} px at the landmarks")
     else:
-        result = fit_image(model, image, landmarks=landmarks, box=box, face_index=args.face_index, config=cfg)
+        result = _fit_or_hint(fit_image, args, model, image, landmarks=landmarks, box=box,
+                              face_index=args.face_index, config=cfg, progress=True)
     paths = write_fit_outputs(args.output, model, image, result, extra_params=extra)
     if getattr(result, "turns", 0):
         how = {1: "turned 90 degrees clockwise", 2: "upside down", 3: "turned 90 degrees counter-clockwise"}

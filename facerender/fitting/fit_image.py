@@ -214,6 +214,7 @@ def fit_image(
     config: Optional[FitConfig] = None,
     focal: Optional[float] = None,
     detector: str = "dlib",
+    progress: bool = False,
 ) -> FitResult:
     """Fit the model to one photo.
 
@@ -224,7 +225,9 @@ def fit_image(
         box, face_index: choose the face to detect (default: the largest).
         config: :class:`FitConfig`.
         focal: focal length in pixels (default ``landmark.focal_factor * max(H, W)``).
-        detector: ``"dlib"`` (default) or ``"mediapipe"``.
+        detector: ``"dlib"`` (default), ``"mediapipe"`` or a detector object
+            (``facerender.landmarks.get_detector("dlib", threshold=-0.5, upsample=1)``).
+        progress: a progress bar of the photometric stage on stderr (one step per pyramid level and round).
     Raises:
         NoFaceError when no face is found (with detection), FittingError for unusable landmarks.
     """
@@ -239,13 +242,18 @@ def fit_image(
     if landmarks is None and box is None and face_index is None and cfg.auto_orient:
         from .orientation import find_upright_turn, turn_image, unturn_fit
 
-        orient = find_upright_turn(arr, detector)
+        from ..progress import stage_bar
+
+        name = detector if isinstance(detector, str) else type(detector).__name__.replace("Detector", "").lower()
+        with stage_bar(f"detecting the face ({name}, upright or turned)", None, progress):
+            orient = find_upright_turn(arr, detector)
         timings["detection"] = time.perf_counter() - t0
         if orient.turns:
             import dataclasses
 
             res = fit_image(model, turn_image(arr, orient.turns), landmarks=orient.landmarks,
-                            config=dataclasses.replace(cfg, auto_orient=False), focal=focal, detector=detector)
+                            config=dataclasses.replace(cfg, auto_orient=False), focal=focal, detector=detector,
+                            progress=progress)
             out = unturn_fit(res, orient.turns, (H, W))
             out.turns = orient.turns
             out.detector = orient.landmarks.detector or ""
@@ -284,7 +292,7 @@ def fit_image(
     if cfg.photometric:
         t2 = time.perf_counter()
         values, albedo, photo_err, hist = _photometric(model, region_model, img.to(dev), pts, conf, values, pp_full,
-                                                       cfg, flags)
+                                                       cfg, flags, progress)
         history.update(hist)
         timings["photometric_fit"] = time.perf_counter() - t2
     # final projected landmarks in the full image
@@ -309,7 +317,15 @@ def fit_image(
     )
 
 
-def _photometric(model, region_model, img, pts, conf, values, pp_full, cfg: FitConfig, flags):
+def _photometric(model, region_model, img, pts, conf, values, pp_full, cfg: FitConfig, flags, progress=False):
+    from ..progress import stage_bar
+
+    with stage_bar(f"photometric fit ({len(cfg.levels)} levels x {cfg.rounds} rounds)",
+                   len(cfg.levels) * cfg.rounds, progress) as bar:
+        return _photometric_levels(model, region_model, img, pts, conf, values, pp_full, cfg, flags, bar)
+
+
+def _photometric_levels(model, region_model, img, pts, conf, values, pp_full, cfg: FitConfig, flags, bar):
     dt, dev = model.dtype, model.device
     lcfg = cfg.landmark
     lo_xy, hi_xy = pts.min(0), pts.max(0)
@@ -383,6 +399,7 @@ def _photometric(model, region_model, img, pts, conf, values, pp_full, cfg: FitC
             if res.status_names()[0] in ("failed_nan", "singular"):
                 flags.append(f"level {level}: solver {res.status_names()[0]}")
             vals.update(layout.split(res.params))
+            bar.update()
         for kk in layout.slices:
             values[kk] = vals[kk]
         with torch.no_grad():

@@ -1,6 +1,8 @@
 """``facerender reenact --source SRC --target TGT -o DIR`` (Face2Face)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def run_reenact(args) -> int:
     from ..model_cli import load_pipeline_model
@@ -43,5 +45,11 @@ def run_reenact(args) -> int:
     print(f"wrote {res.result_path}")
     if res.side_by_side_path is not None:
         print(f"wrote {res.side_by_side_path}")
-    print(f"stage stills in {res.out_dir / 'stills'}; summary in {res.out_dir / 'summary.json'}")
+    for p in res.stills:
+        print(f"wrote {p}")
+    print(f"wrote {res.out_dir / 'summary.json'}")
+    for name, folder in (("source", res.source_track), ("target", res.target_track)):
+        if Path(folder).resolve().parent == Path(res.out_dir).resolve():  # tracked here (not a reused folder)
+            files = sorted(f.name for f in Path(folder).iterdir() if f.is_file())
+            print(f"wrote {folder}/ (the {name} track: {', '.join(files)})")
     return 0

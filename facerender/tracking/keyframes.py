@@ -50,8 +50,12 @@ def select_keyframes(descriptors, k: int) -> List[int]:
 
 
 
-def _keyframe_pass(reader: VideoReader, cfg, limit: Optional[int], timer: Dict[str, float]):
-    """Sample candidates, detect, select keyframes. Returns (candidate records, selected records, frames seen)."""
+def _keyframe_pass(reader: VideoReader, cfg, limit: Optional[int], timer: Dict[str, float],
+                   progress: bool = False):
+    """Sample candidates, detect, select keyframes. Returns (candidate records, selected records, frames seen).
+    ``progress``: a bar over the decoded frames on stderr."""
+    from ..progress import stage_bar
+
     n = reader.frame_count if limit is None else min(reader.frame_count or limit, limit)
     if n <= 0:
         n = limit or cfg.keyframe_candidates
@@ -59,17 +63,19 @@ def _keyframe_pass(reader: VideoReader, cfg, limit: Optional[int], timer: Dict[s
     wanted = set(np.unique(np.round(np.linspace(0, n - 1, m)).astype(int)).tolist())
     lt = LandmarkTracker(cfg.landmarks)
     records, seen = [], 0
-    for fr in _frames(reader, 0, limit, timer):
-        seen += 1
-        if fr.index not in wanted:
-            continue
-        t0 = time.perf_counter()
-        lt.reset()
-        obs = lt.update(fr.image)
-        timer["keyframe_landmarks"] = timer.get("keyframe_landmarks", 0.0) + time.perf_counter() - t0
-        if obs.found:
-            records.append({"index": fr.index, "points": obs.landmarks.points.copy(),
-                            "confidence": obs.landmarks.confidence.copy()})
+    with stage_bar(f"keyframes (detect {m} of {n} frames)", n, progress, unit="frame") as bar:
+        for fr in _frames(reader, 0, limit, timer):
+            seen += 1
+            bar.update()
+            if fr.index not in wanted:
+                continue
+            t0 = time.perf_counter()
+            lt.reset()
+            obs = lt.update(fr.image)
+            timer["keyframe_landmarks"] = timer.get("keyframe_landmarks", 0.0) + time.perf_counter() - t0
+            if obs.found:
+                records.append({"index": fr.index, "points": obs.landmarks.points.copy(),
+                                "confidence": obs.landmarks.confidence.copy()})
     if seen == 0:
         raise VideoError(f"{str(reader.path)!r} holds no decodable video frame")
     if not records and cfg.max_scan > 0:

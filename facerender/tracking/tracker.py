@@ -175,11 +175,15 @@ class FaceTracker:
     # ------------------------------------------------------------------------------------------------ bundling
     def bundle(self, frames: Sequence[np.ndarray], landmarks: Sequence[np.ndarray],
                confidences: Optional[Sequence[np.ndarray]] = None, identity_landmarks: Optional[np.ndarray] = None,
-               identity_confidences: Optional[np.ndarray] = None) -> dict:
+               identity_confidences: Optional[np.ndarray] = None, progress=None) -> dict:
         """Estimate identity (and albedo) jointly over keyframes (``frames``: K ``(H, W, 3)`` uint8, ``landmarks``:
         K ``(68, 2)``). With ``identity_landmarks (N, 68, 2)`` (and ``identity_confidences (N, 68)``) and
         ``config.landmark_identity``, the identity is :func:`landmark_identity` of those frames, held fixed in the
-        bundling. Returns the per-video parameters."""
+        bundling. ``progress``: a bar (``facerender.progress.stage_bar``) whose total is set and stepped here.
+        Returns the per-video parameters."""
+        from ..progress import NullBar
+
+        bar = progress if progress is not None else NullBar()
         if len(frames) == 0 or len(frames) != len(landmarks):
             raise FittingError(f"bundle needs as many frames as landmark sets (>= 1), got {len(frames)} frames and "
                                f"{len(landmarks)} landmark sets")
@@ -189,9 +193,11 @@ class FaceTracker:
         conf = (torch.as_tensor(np.stack(confidences), dtype=dt, device=dev) if confidences is not None
                 else torch.ones(K, 68, dtype=dt, device=dev))
         # 1. independent landmark fits (batched) for initial poses and expressions
+        fix_identity = identity_landmarks is not None and cfg.landmark_identity and len(identity_landmarks) > 0
+        bar.total = 1 + int(bool(fix_identity)) + self._BUNDLE_ROUNDS + 1  # landmarks, identity, rounds, albedo
         lres = fit_landmarks(self.model, pts, self.image_size, conf, cfg.landmark, focal=self.focal)
         identity = lres.identity.mean(0)
-        fix_identity = identity_landmarks is not None and cfg.landmark_identity and len(identity_landmarks) > 0
+        bar.update()
         if fix_identity:
             il = np.asarray(identity_landmarks, np.float64).reshape(-1, 68, 2)
             ic = (np.asarray(identity_confidences, np.float64).reshape(-1, 68) if identity_confidences is not None
@@ -200,13 +206,14 @@ class FaceTracker:
                                          self.pp[0].cpu().numpy(), identity.detach().cpu().numpy(),
                                          rounds=cfg.identity_rounds, config=cfg.landmark)
             identity = torch.as_tensor(ident, dtype=dt, device=dev)
+            bar.update()
         values = {"rotation": lres.rotation, "translation": lres.translation,
                   "identity": identity.expand(K, -1).clone(), "expression": lres.expression,
                   "focal": torch.full((K, 1), self.focal, dtype=dt, device=dev),
                   "sh": ambient_light(1.0, K, dtype=dt, device=dev).reshape(K, 27)}
         # 2. joint landmark (+ colour) bundling with a shared identity
         images = [torch.from_numpy(np.ascontiguousarray(f)).to(dt) / 255.0 for f in frames]
-        values, albedo = self._bundle_photometric(images, pts, conf, values, fix_identity)
+        values, albedo = self._bundle_photometric(images, pts, conf, values, fix_identity, bar)
         self.identity = values["identity"][0].clone()
         self.albedo = albedo
         self._id_model = model_with_identity(self.model, self.identity)
@@ -219,7 +226,9 @@ class FaceTracker:
         # the keyframe mean pose/expression seeds the first frame only if no frame was tracked yet
         return self.video_params
 
-    def _bundle_photometric(self, images, pts, conf, values, fix_identity: bool = False):
+    _BUNDLE_ROUNDS = 2  #: alternations (samples, albedo, joint solve) of the bundling
+
+    def _bundle_photometric(self, images, pts, conf, values, fix_identity: bool = False, bar=None):
         cfg, dt, dev, model = self.cfg, self.dt, self.dev, self.model
         K = pts.shape[0]
         lc = cfg.landmark
@@ -269,7 +278,7 @@ class FaceTracker:
         problem = EnergyProblem(layout, terms, {k: v for k, v in values.items() if k not in layout}, pp)
         x = layout.join(values)
         lo, hi = model_bounds(layout, x, model)  # the model's expression ranges ([0, 1] for ICT, PCA bounds ...)
-        for rnd in range(2):
+        for rnd in range(self._BUNDLE_ROUNDS):
             kin = problem.kinematics(x, False)
             lterm.freeze_contour(kin)
             if pterm is not None:
@@ -279,6 +288,8 @@ class FaceTracker:
                 pterm.update_samples(kin)
             x = shared_block_lm(problem, x, layout.slices.get("identity", slice(0, 0)), lo, hi,
                                 cfg.bundle_iterations)
+            if bar is not None:
+                bar.update()
         values.update(layout.split(x))
         if pterm is not None:
             kin = problem.kinematics(x, False)
@@ -286,6 +297,8 @@ class FaceTracker:
             albedo = self._albedo_from_samples(pterm, problem, x, estimator, albedo)
         else:
             albedo = None
+        if bar is not None:
+            bar.update()
         values["focal"] = torch.full((K, 1), self.focal, dtype=dt, device=dev)
         return values, albedo
 

@@ -288,7 +288,7 @@ def _track(reader, video, out_dir, model, cfg, max_frames, overlay, resume, prog
                       "complete": False})
         manifest = store.read_manifest()
         t0 = time.perf_counter()
-        records, keys, seen = _keyframe_pass(reader, cfg, max_frames, timer)
+        records, keys, seen = _keyframe_pass(reader, cfg, max_frames, timer, progress)
         timer["keyframes"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         frames = _fetch_frames(reader, [r["index"] for r in keys], timer)
@@ -300,8 +300,16 @@ def _track(reader, video, out_dir, model, cfg, max_frames, overlay, resume, prog
             # all candidates' landmarks for the identity (the solver's own choice whether to use them)
             extra = {"identity_landmarks": np.stack([r["points"] for r in records]),
                      "identity_confidences": np.stack([r["confidence"] for r in records])}
-        vp = tracker.bundle([frames[r["index"]] for r in keys], [np.array(r["points"]) for r in keys],
-                            [np.array(r["confidence"]) for r in keys], **extra)
+        from ..progress import stage_bar
+
+        bar = stage_bar(f"bundling {len(keys)} keyframes (identity, albedo)", None, progress)
+        if "progress" in inspect.signature(tracker.bundle).parameters:
+            extra["progress"] = bar  # the tracker sets the bar's total and steps it
+        try:
+            vp = tracker.bundle([frames[r["index"]] for r in keys], [np.array(r["points"]) for r in keys],
+                                [np.array(r["confidence"]) for r in keys], **extra)
+        finally:
+            bar.close()
         del frames
         timer["bundle"] = time.perf_counter() - t0
         ears = np.stack([eye_aspect_ratio(r["points"]) for r in records])
