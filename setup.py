@@ -13,7 +13,8 @@ extras = {
     # per-step phone features for audio-driven methods (the wheel ships the US-English acoustic model)
     "speech": ["pocketsphinx>=5.1"],
     "landmarks": ["dlib-bin>=19.24", "face-recognition-models>=0.3.0"],
-    "dev": ["pytest>=7", "pytest-timeout", "matplotlib>=3.7"],
+    # pdoc: the API reference built from the docstrings (docs/build_api.py; tests/test_docs.py builds it)
+    "dev": ["pytest>=7", "pytest-timeout", "matplotlib>=3.7", "pdoc>=14"],
     # training logs for TensorBoard (neural_renderers' trainer writes events when it is installed)
     "train": ["tensorboard>=2.14"],
     # Basel Face Model 2017 (.h5) and MATLAB v7.3 files (morphable_models.bfm)
