@@ -314,7 +314,7 @@ def run_train_nvp_render(args) -> int:
 
 def add_puppet_parser(sub) -> None:
     """Add ``puppet`` (Neural Voice Puppetry: speech drives a target video) to the ``facerender`` subparsers."""
-    from facerender.cli_support import positive_int
+    from facerender.cli_support import nonnegative_int, positive_int
 
     pp = sub.add_parser("puppet", help="Neural Voice Puppetry: make a target video speak new audio",
                         description="Audio -> Audio2ExpressionNet -> the target's mouth and jaw, rendered by the "
@@ -330,6 +330,8 @@ def add_puppet_parser(sub) -> None:
                          "target's map is fitted on its track)")
     pp.add_argument("-o", "--output", required=True, help="output folder")
     pp.add_argument("--max-frames", type=positive_int, default=None, help="write only the first frames")
+    pp.add_argument("--target-start", type=nonnegative_int, default=0,
+                    help="the target frame the output begins with (default 0)")
     pp.add_argument("--drive", choices=["mouth", "all"], default="mouth",
                     help="blendshapes taken from the audio: mouth and jaw (default; eyes and brows stay the "
                          "target's) or all")
@@ -361,7 +363,8 @@ def run_puppet(args) -> int:
     probe_audio(audio)  # a file without an audio stream: AudioError (exit 3) before anything is loaded
     from neural_renderers.nvp.puppet import PuppetConfig, puppet
 
-    cfg = PuppetConfig(max_frames=args.max_frames, drive=args.drive, require_speech=args.require_speech,
+    cfg = PuppetConfig(max_frames=args.max_frames, target_start=args.target_start, drive=args.drive,
+                       require_speech=args.require_speech,
                        batch=args.batch, device=args.device, side_by_side=not args.no_side_by_side)
     res = puppet(audio, run, args.output, cfg, target=args.target, audio_model=args.audio_model,
                  progress=not args.no_progress)

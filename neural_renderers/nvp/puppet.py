@@ -48,6 +48,7 @@ class PuppetConfig:
 
     Attributes:
         max_frames: write only the first N frames.
+        target_start: the target frame the output begins with (the ping-pong walk starts there).
         drive: ``"mouth"`` (the mouth and jaw blendshapes from the audio, the rest the target's own) or ``"all"``.
         require_speech: refuse audio that does not look like speech (default: flag it and go on).
         batch: frames rendered together. device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
@@ -57,6 +58,7 @@ class PuppetConfig:
     """
 
     max_frames: Optional[int] = None
+    target_start: int = 0
     drive: str = "mouth"
     require_speech: bool = False
     batch: int = 4
@@ -74,6 +76,8 @@ class PuppetConfig:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.target_start < 0:
+            raise ValueError(f"target_start must be >= 0, got {self.target_start}")
         self.stills = tuple(int(s) for s in self.stills)
 
 
@@ -216,9 +220,14 @@ def puppet(audio: PathLike, run: PathLike, out_dir: PathLike, config: Optional[P
         flags["identity_map"] = map_info.get("note", "the speakers' mean map")
     # schedule: the audio's length at the target's frame rate
     n_audio = max(1, int(round(feats.duration * tgt.fps)))
-    si, ti, fps = frame_schedule(n_audio, tgt.fps, len(tgt), tgt.fps, "source")
+    if cfg.target_start >= len(tgt):
+        raise UsageError(f"the target starts at frame {cfg.target_start} but {str(tgt_src.video)!r} has {len(tgt)} "
+                         f"frames")
+    start = int(cfg.target_start)
+    _, ti, fps = frame_schedule(n_audio + start, tgt.fps, len(tgt), tgt.fps, "source")
+    ti = ti[start:]
     if cfg.max_frames is not None:
-        si, ti = si[:cfg.max_frames], ti[:cfg.max_frames]
+        ti = ti[:cfg.max_frames]
     N = len(ti)
     times = frame_times(N, fps)
     t1 = time.perf_counter()

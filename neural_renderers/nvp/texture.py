@@ -269,11 +269,10 @@ def composite_masks(weight: torch.Tensor, dilate: float, feather: float, opening
     x = weight[:, None].float()
     o = max(0, int(round(dilate if opening is None else opening)))
     if o:
-        x = -F.max_pool2d(-x, 2 * o + 1, stride=1, padding=o)
-        x = F.max_pool2d(x, 2 * o + 1, stride=1, padding=o)
+        x = _max_filter(_max_filter(x, o, minimum=True), o)
     d = max(0, int(round(dilate)))
     if d:
-        x = F.max_pool2d(x, 2 * d + 1, stride=1, padding=d)
+        x = _max_filter(x, d)
     alpha = x
     r = 0
     if feather > 0:
@@ -284,6 +283,32 @@ def composite_masks(weight: torch.Tensor, dilate: float, feather: float, opening
         a = F.pad(x, (r, r, r, r), mode="replicate")
         a = F.conv2d(a, k.view(1, 1, 1, -1))
         alpha = F.conv2d(a, k.view(1, 1, -1, 1))
-    g = r + 1
-    hole = F.max_pool2d((x > 0.01).to(x.dtype), 2 * g + 1, stride=1, padding=g)
+    hole = _dilate_binary(x > 0.01, r + 1)
     return alpha[:, 0].clamp(0, 1).to(weight.dtype), hole[:, 0].to(weight.dtype)
+
+
+def _dilate_binary(mask: torch.Tensor, r: int) -> torch.Tensor:
+    """``mask (B, 1, H, W)`` bool grown by the ``(2r + 1)^2`` square, as float 0 / 1: the box sum (cumulative sums,
+    O(1) per pixel whatever ``r``) is positive."""
+    x = mask.to(torch.float64)
+    if r <= 0:
+        return x.float()
+    for dim in (2, 3):
+        pad = [0, 0, 0, 0]
+        pad[2 * (3 - dim)] = r + 1
+        pad[2 * (3 - dim) + 1] = r
+        c = torch.cumsum(F.pad(x, pad), dim)
+        n = x.shape[dim]
+        x = c.narrow(dim, 2 * r + 1, n) - c.narrow(dim, 0, n)
+    return (x > 0.5).float()
+
+
+def _max_filter(x: torch.Tensor, r: int, minimum: bool = False) -> torch.Tensor:
+    """Max (or min) over the ``(2r + 1)^2`` square around each pixel of ``x (B, 1, H, W)``, separably (a row pass
+    then a column pass: the same result at ``2 (2r + 1)`` comparisons per pixel instead of ``(2r + 1)^2``)."""
+    if r <= 0:
+        return x
+    y = -x if minimum else x
+    y = F.max_pool2d(y, (1, 2 * r + 1), stride=1, padding=(0, r))
+    y = F.max_pool2d(y, (2 * r + 1, 1), stride=1, padding=(r, 0))
+    return -y if minimum else y
