@@ -320,3 +320,23 @@ def test_landmark_identity_recovers_the_landmarks_of_a_known_face(ict_model):
     assert d < 0.4 * d0, (d, d0)
     with pytest.raises(ValueError, match="landmark sets"):
         landmark_identity(m, pts, conf[:3], (512, 512), f, pp, np.zeros(m.num_identity))
+
+
+@pytest.mark.slow
+def test_landmark_identity_in_the_bundling(tmp_path, video_dir, ict_model):
+    """``TrackerConfig(landmark_identity=True)``: the identity comes from the keyframe candidates' landmarks (the
+    pipeline hands them to ``bundle``) and brings the model landmarks closer to the detections than the photometric
+    bundling's identity; the audit is in the summary either way."""
+    from facerender.tracking.tracker import TrackerConfig
+    from facerender.tracking.video import TrackConfig, load_track, track_video
+
+    out = {}
+    for li in (False, True):
+        cfg = TrackConfig(keyframes=3, keyframe_candidates=8, tracker=TrackerConfig(landmark_identity=li))
+        res = track_video(video_dir / "talking_d3.mp4", tmp_path / str(li), ict_model, cfg, max_frames=12,
+                          progress=False, overlay=False)
+        tr = load_track(res.out_dir)
+        out[li] = (tr.identity, float(np.linalg.norm(tr.landmarks_2d - tr.landmarks, axis=-1).mean()))
+        assert res.summary["audit"]["within"] == 1.0 and res.summary["audit"]["sampled"] == 3
+    assert np.linalg.norm(out[True][0]) > 1.5 * np.linalg.norm(out[False][0])
+    assert out[True][1] < out[False][1], out
