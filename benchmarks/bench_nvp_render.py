@@ -9,7 +9,8 @@
   # 1. the renderer on held-out frames driven by their own tracked expressions, against the albedo x SH render
   python benchmarks/bench_nvp_render.py quality --run ../nvp_runs/render_s1 [--stride 5] [--grid out.png]
   # 2. speech drives the target: held-out audio -> puppet -> dlib's lip opening and identity on the output
-  python benchmarks/bench_nvp_render.py lipsync --run ../nvp_runs/render_s1 --frames 1500 -o ../nvp_runs/lipsync
+  python benchmarks/bench_nvp_render.py lipsync --run ../nvp_runs/render_s1 --frames 3000 -o ../nvp_runs/lipsync \
+      --picture docs/images/nvp_side_by_side.jpg
   # 3. speed: features per second of audio, audio-to-expression and rendering per frame at 256^2, Face2Face
   python benchmarks/bench_nvp_render.py speed --run ../nvp_runs/render_s1 --source-track T1 --target-track T2
   # 4. memory against the audio's length: puppet (fresh processes) with 10 s and 10 min of speech
@@ -182,7 +183,37 @@ def dlib_lips(path: Path, n: int) -> np.ndarray:
     return out
 
 
-def bench_lipsync(run: Path, frames: int, out: Path, start: int = 37) -> Dict[str, object]:
+def offset_curve(output: np.ndarray, real: np.ndarray, max_shift: int = 3) -> Dict[int, float]:
+    """Pearson correlation of ``output[t + k]`` with ``real[t]`` for ``k`` in ``-max_shift .. max_shift``."""
+    from facerender.metrics import pearson
+
+    n = len(real)
+    m = max_shift
+    return {k: pearson(output[m + k:n - m + k], real[m:n - m]) for k in range(-m, m + 1)}
+
+
+def side_by_side_picture(result: Path, side_by_side: Path, lips_target: np.ndarray, path: Path) -> List[int]:
+    """Three ``target | result`` frames where the driven mouth differs most from the target's own (dlib's inner-lip
+    opening): two where the audio opens a mouth the target closes, one the other way round."""
+    from PIL import Image
+
+    from facerender.io.video import VideoReader
+
+    diff = np.nan_to_num(dlib_lips(result, len(lips_target)) - lips_target, nan=0.0)
+    picks: List[int] = []
+    for sign, want in ((1, 2), (-1, 3)):
+        for k in np.argsort(-sign * diff):
+            if all(abs(int(k) - j) >= 25 for j in picks):
+                picks.append(int(k))
+            if len(picks) == want:
+                break
+    rows = [fr.image for fr in VideoReader(side_by_side) if fr.index in set(picks)]
+    Image.fromarray(np.concatenate(rows, 0)).save(path, quality=90)
+    print(f"wrote {path} (target | result at output frames {sorted(picks)})")
+    return picks
+
+
+def bench_lipsync(run: Path, frames: int, out: Path, start: int = 37, picture: Path = None) -> Dict[str, object]:
     from facerender.metrics import EvaluateConfig, evaluate, pearson
     from neural_renderers.nvp.puppet import PuppetConfig, puppet
 
@@ -204,7 +235,13 @@ def bench_lipsync(run: Path, frames: int, out: Path, start: int = 37) -> Dict[st
     ev = evaluate(held, tgt, res.result_path, config=EvaluateConfig(expression=False, seam=True, progress=True,
                                                                     target_order="time", source_order="time"))
     t_eval = time.perf_counter() - t0
-    base = pearson(dlib_lips(tgt, count), dlib_lips(held, count))
+    lips_tgt, lips_held = dlib_lips(tgt, count), dlib_lips(held, count)
+    base = pearson(lips_tgt, lips_held)
+    curve = offset_curve(dlib_lips(res.result_path, count), lips_held)
+    print("offset curve (output shifted by k frames against the real held-out video, dlib inner-lip opening): "
+          + " ".join(f"{k:+d}:{v:.3f}" for k, v in curve.items()))
+    if picture is not None:
+        side_by_side_picture(res.result_path, res.side_by_side_path, lips_tgt, picture)
     rows = [{"output judged by dlib": "target frames, mouth untouched (baseline)", "frames": count,
              "inner-lip corr with the real held-out video": f"{base:.3f}", "descriptor distance to target": "-"},
             {"output judged by dlib": "puppet: held-out speech -> the target's mouth", "frames": ev.frames,
@@ -215,7 +252,7 @@ def bench_lipsync(run: Path, frames: int, out: Path, start: int = 37) -> Dict[st
            f"evaluation {t_eval:.0f} s", rows)
     print(ev.table())
     return {"rows": rows, "evaluation": ev.to_dict(), "puppet_summary": res.summary, "puppet_seconds": t_puppet,
-            "baseline_lip_corr": base}
+            "baseline_lip_corr": base, "offset_curve": curve}
 
 
 # ------------------------------------------------------------------------------------------------- speed
@@ -345,6 +382,7 @@ def main(argv=None) -> int:
     ls.add_argument("--run", type=Path, required=True)
     ls.add_argument("--frames", type=int, default=1500)
     ls.add_argument("--start", type=int, default=37, help="the target frame the output begins with")
+    ls.add_argument("--picture", type=Path, default=None, help="JPEG of three target | result frames")
     ls.add_argument("-o", "--output", type=Path, required=True)
     ls.add_argument("--json", type=Path, default=None)
     sp = sub.add_parser("speed")
@@ -364,7 +402,7 @@ def main(argv=None) -> int:
     if args.part == "quality":
         res = bench_quality(args.run, args.stride, args.grid)
     elif args.part == "lipsync":
-        res = bench_lipsync(args.run, args.frames, args.output, args.start)
+        res = bench_lipsync(args.run, args.frames, args.output, args.start, args.picture)
     elif args.part == "memory":
         res = bench_memory(args.run)
     else:
