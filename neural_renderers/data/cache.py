@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 __all__ = ["ConditioningSettings", "ConditioningCache", "ConditioningRenderer", "build_cache", "render_conditioning",
            "quantize", "dequantize", "CACHE_VERSION", "MAP_CHANNELS", "FLOAT16_MAPS"]
 
-CACHE_VERSION = 1
+#: 2: batches of exactly 3 frames were rendered with a misread pose in version 1 (fixed in 739a093); a build never
+#: reuses a version-1 cache (the version is part of the cache key), opening one for reading still works.
+CACHE_VERSION = 2
 #: Channels of each conditioning map.
 MAP_CHANNELS: Dict[str, int] = {"shaded": 3, "albedo": 3, "normals": 3, "correspondence": 3, "gaze": 3, "mask": 1,
                                 "landmark_image": 1, "regions_onehot": 5, "uv": 2, "uv_tile": 1, "regions": 1}
@@ -225,8 +227,9 @@ class ConditioningCache:
         if not p.is_file():
             raise DatasetError(f"{str(folder)!r} is not a complete conditioning cache (no meta.json)")
         meta = json.loads(p.read_text())
-        if meta.get("version") != CACHE_VERSION:
-            raise DatasetError(f"{str(folder)!r} has cache version {meta.get('version')}, expected {CACHE_VERSION}")
+        if meta.get("version") not in range(1, CACHE_VERSION + 1):
+            raise DatasetError(f"{str(folder)!r} has cache version {meta.get('version')}, this facerender reads "
+                               f"1 to {CACHE_VERSION}")
         return cls(folder, meta)
 
     def __getstate__(self):
