@@ -53,7 +53,7 @@ from .correspondence import complete_annotations
 from .errors import ModelFileError, ShapeError
 from .format_utils import orient_outward, require_keys, unit_scale
 from .landmarks import IBUG68_LABELS, LandmarkEmbedding
-from .linear import LinearFaceModel
+from .linear import LinearFaceModel, check_coefficients
 from .paths import PathLike
 from .regions import Region
 from .rotation import axis_angle_to_matrix
@@ -464,16 +464,7 @@ class FlameModel(nn.Module):
     def _vec(self, x, K, B, label):
         if x is None:
             return self.v_template.new_zeros(B, K)
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise ShapeError(f"{label} must be a floating-point tensor of shape (B, {K})")
-        x = x.unsqueeze(0) if x.ndim == 1 else x
-        if x.ndim != 2 or x.shape[1] != K:
-            raise ShapeError(f"{label} must have shape (B, {K}), got {tuple(x.shape)}")
-        if x.dtype != self.dtype or x.device != self.device:
-            raise ShapeError(f"{label} is {x.dtype} on {x.device}; the model is {self.dtype} on {self.device}")
-        if not torch.isfinite(x).all():
-            raise ShapeError(f"{label} contains NaN or inf values")
-        return x.expand(B, K)
+        return check_coefficients(x, K, label, dtype=self.dtype, device=self.device).expand(B, K)
 
     def forward(self, shape: Optional[torch.Tensor] = None, expression: Optional[torch.Tensor] = None, *,
                 global_pose: Optional[torch.Tensor] = None, neck: Optional[torch.Tensor] = None,

@@ -169,6 +169,43 @@ def _to_tensor(x, dtype=torch.float32) -> Optional[torch.Tensor]:
     return torch.as_tensor(np.asarray(x), dtype=dtype)
 
 
+def check_coefficients(x, K: int, label: str, *, dtype: torch.dtype, device: torch.device,
+                       batch: Optional[int] = None) -> Optional[torch.Tensor]:
+    """Validate a coefficient vector for a model with ``K`` of them; shared by every model class.
+
+    Args:
+        x: ``(K,)`` or ``(B, K)`` floating-point tensor, or None (returned as is).
+        K: the number of coefficients; label: its name in error messages.
+        dtype, device: the model's; batch: the other inputs' batch size (1 broadcasts), None to skip that check.
+    Returns:
+        ``(B, K)`` (a 1-D input gains the batch dimension; nothing is copied).
+    Raises:
+        ShapeError: not a floating tensor, wrong shape, dtype or device, mismatched batch, NaN or inf, saying what was
+            received.
+    """
+    if x is None:
+        return None
+    if not isinstance(x, torch.Tensor):
+        raise ShapeError(f"{label} must be a torch.Tensor of shape (B, {K}), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ShapeError(f"{label} must be floating point ({dtype}), got {x.dtype}")
+    if x.ndim == 1:
+        x = x.unsqueeze(0)
+    if x.ndim != 2 or x.shape[1] != K:
+        raise ShapeError(f"{label} must have shape (B, {K}), got {tuple(x.shape)}")
+    if x.dtype != dtype:
+        raise ShapeError(f"{label} has dtype {x.dtype} but the model is {dtype}; "
+                         f"convert one of them (e.g. model.to({x.dtype}))")
+    if x.device != device:
+        raise ShapeError(f"{label} is on {x.device} but the model is on {device}; "
+                         f"move one of them (e.g. model.to('{x.device}'))")
+    if batch is not None and x.shape[0] != batch and x.shape[0] != 1:
+        raise ShapeError(f"{label} has batch size {x.shape[0]}, other inputs have {batch}")
+    if not torch.isfinite(x).all():
+        raise ShapeError(f"{label} contains NaN or inf values")
+    return x
+
+
 class LinearFaceModel(nn.Module):
     """A linear (multilinear PCA) face model: template + identity basis + expression basis (+ albedo).
 
@@ -373,27 +410,7 @@ class LinearFaceModel(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- validation
     def _coeffs(self, x, K: int, label: str, B: Optional[int]) -> Optional[torch.Tensor]:
-        if x is None:
-            return None
-        if not isinstance(x, torch.Tensor):
-            raise ShapeError(f"{label} must be a torch.Tensor of shape (B, {K}), got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise ShapeError(f"{label} must be floating point ({self.dtype}), got {x.dtype}")
-        if x.ndim == 1:
-            x = x.unsqueeze(0)
-        if x.ndim != 2 or x.shape[1] != K:
-            raise ShapeError(f"{label} must have shape (B, {K}), got {tuple(x.shape)}")
-        if x.dtype != self.dtype:
-            raise ShapeError(f"{label} has dtype {x.dtype} but the model is {self.dtype}; "
-                             f"convert one of them (e.g. model.to({x.dtype}))")
-        if x.device != self.device:
-            raise ShapeError(f"{label} is on {x.device} but the model is on {self.device}; "
-                             f"move one of them (e.g. model.to('{x.device}'))")
-        if B is not None and x.shape[0] != B and x.shape[0] != 1:
-            raise ShapeError(f"{label} has batch size {x.shape[0]}, other inputs have {B}")
-        if not torch.isfinite(x).all():
-            raise ShapeError(f"{label} contains NaN or inf values")
-        return x
+        return check_coefficients(x, K, label, dtype=self.dtype, device=self.device, batch=B)
 
     # ---------------------------------------------------------------------------------------------- forward
     def forward(

@@ -34,7 +34,7 @@ from torch import nn
 
 from .errors import ShapeError
 from .landmarks import LandmarkEmbedding
-from .linear import LinearFaceModel
+from .linear import LinearFaceModel, check_coefficients
 from .regions import Region
 
 log = logging.getLogger(__name__)
@@ -183,16 +183,7 @@ class TuckerFaceModel(nn.Module):
     def _coeffs(self, x, K, B, label):
         if x is None:
             return self.core.new_zeros(B, K)
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise ShapeError(f"{label} must be a floating-point tensor (B, {K})")
-        x = x.unsqueeze(0) if x.ndim == 1 else x
-        if x.ndim != 2 or x.shape[1] != K:
-            raise ShapeError(f"{label} must have shape (B, {K}), got {tuple(x.shape)}")
-        if x.dtype != self.dtype or x.device != self.device:
-            raise ShapeError(f"{label} is {x.dtype} on {x.device}; the model is {self.dtype} on {self.device}")
-        if not torch.isfinite(x).all():
-            raise ShapeError(f"{label} contains NaN or inf values")
-        return x.expand(B, K)
+        return check_coefficients(x, K, label, dtype=self.dtype, device=self.device).expand(B, K)
 
     def mode_weights(self, identity=None, expression=None, batch_size: Optional[int] = None
                      ) -> Tuple[torch.Tensor, torch.Tensor]:

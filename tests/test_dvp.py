@@ -128,6 +128,20 @@ def test_a_track_of_another_video_is_refused(d10, video_dir):
         TrackedVideo.open(video_dir / "expressions_d6.mp4", src.track_dir)
 
 
+def test_reenactment_opens_only_the_video_it_was_trained_on(d10, video_dir, tmp_path):
+    from neural_renderers.data import open_trained_target, video_fingerprint
+
+    src, _ = d10
+    data = {"video": str(src.video), "track": str(src.track_dir), "video_fingerprint": video_fingerprint(src.video)}
+    for target in (None, src.video, src.track_dir):  # the run's own, the same video named again, its track folder
+        got = open_trained_target(data, target, refusal="never", progress=False)
+        assert got.fingerprint["bytes"] == data["video_fingerprint"]["bytes"] and len(got.track) == FRAMES
+    with pytest.raises(DatasetError, match="^train on this one first$"):
+        open_trained_target(data, video_dir / "talking_d3.mp4", refusal="train on this one first", progress=False)
+    with pytest.raises(FileNotFoundError, match="no such target video or track folder: .*nothing.mp4"):
+        open_trained_target(data, tmp_path / "nothing.mp4", refusal="never", progress=False)
+
+
 def test_pose_transfer_of_an_actor_onto_itself_is_the_identity(d10):
     from neural_renderers.dvp import transfer_pose
 

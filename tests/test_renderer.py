@@ -184,6 +184,31 @@ def test_render_values_on_tiny_mesh():
     torch.testing.assert_close(out.alpha, m[None].double())
 
 
+def test_a_batch_of_three_axis_angles_is_not_read_as_one_matrix():
+    """(3, 3) is both one matrix and three axis-angle vectors: the translation's batch decides (docstring)."""
+    from facerender.render.renderer import check_pose
+    from morphable_models.rotation import axis_angle_to_matrix
+
+    ref = torch.zeros(1, dtype=torch.float64)
+    aa = torch.tensor([[0.1, 0.0, 0.0], [0.0, 0.2, 0.0], [0.0, 0.0, 0.3]], dtype=torch.float64)
+    R, t = check_pose(aa, torch.zeros(3, 3, dtype=torch.float64), ref)
+    torch.testing.assert_close(R, axis_angle_to_matrix(aa))
+    M = axis_angle_to_matrix(aa[:1])[0]
+    for trans in (torch.zeros(3), torch.zeros(1, 3)):  # one matrix, one translation
+        R, _ = check_pose(M, trans.double(), ref)
+        torch.testing.assert_close(R, M[None])
+    R, _ = check_pose(M[None], torch.zeros(3, 3, dtype=torch.float64), ref)  # one matrix for three translations
+    torch.testing.assert_close(R, M[None])
+    # and through render_face: three axis-angle poses render as the three one-by-one renders
+    v, faces = tent()
+    cam, _, t1 = tent_pose()
+    aa = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.3, 0.0], [0.2, 0.0, 0.0]], dtype=torch.float64)
+    both = render_face(v, faces, cam, aa, t1.expand(3, 3), antialias=False).image
+    for k in range(3):
+        one = render_face(v, faces, cam, aa[k:k + 1], t1, antialias=False).image
+        torch.testing.assert_close(both[k], one[0])
+
+
 def test_gradcheck_vertices_albedo_sh():
     v, faces = tent()
     cam, R, t = tent_pose()

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from morphable_models.geometry import check_faces, model_to_camera, pose_rotation, vertex_normals
+from morphable_models.rotation import axis_angle_to_matrix
 
 from ..cameras import OrthographicCamera, PinholeCamera
 from ..errors import ShapeError
@@ -146,13 +147,16 @@ def check_pose(rotation, translation, ref: torch.Tensor) -> Tuple[torch.Tensor, 
     """Validate ``rotation`` (``(B, 3)`` axis-angle, ``(B, 3, 3)`` or ``(B, 6)``) and ``translation (B, 3)``.
 
     Returns them cast to the dtype/device of ``ref``, rotation as ``(B, 3, 3)`` matrices. Unbatched ``(3,)`` /
-    ``(3, 3)`` / ``(6,)`` are treated as a batch of 1.
+    ``(3, 3)`` / ``(6,)`` are treated as a batch of 1, except that a ``(3, 3)`` rotation next to a translation of
+    batch 3 is what its shape also says: a batch of three axis-angle vectors (pass one matrix for three
+    translations as ``(1, 3, 3)``).
     """
     if not isinstance(rotation, torch.Tensor) or not rotation.is_floating_point():
         got = rotation.dtype if isinstance(rotation, torch.Tensor) else type(rotation).__name__
         raise ShapeError(f"rotation must be a floating-point tensor (B, 3), (B, 3, 3) or (B, 6), got {got}")
     r = rotation
-    if r.ndim == 1 or (r.ndim == 2 and r.shape == (3, 3)):
+    three = isinstance(translation, torch.Tensor) and translation.ndim == 2 and translation.shape[0] == 3
+    if r.ndim == 1 or (r.ndim == 2 and r.shape == (3, 3) and not three):
         r = r[None]
     ok = (r.ndim == 2 and r.shape[1] in (3, 6)) or (r.ndim == 3 and r.shape[1:] == (3, 3))
     if not ok:
@@ -163,7 +167,10 @@ def check_pose(rotation, translation, ref: torch.Tensor) -> Tuple[torch.Tensor, 
     t = translation[None] if translation.ndim == 1 else translation
     if t.ndim != 2 or t.shape[1] != 3:
         raise ShapeError(f"translation must be (B, 3), got {tuple(translation.shape)}")
-    return pose_rotation(_like(r, ref)), _like(t, ref)
+    r = _like(r, ref)
+    # (B, 3) is axis-angle here even at B = 3, which pose_rotation alone would read as one matrix
+    R = axis_angle_to_matrix(r) if r.ndim == 2 and r.shape[1] == 3 else pose_rotation(r)
+    return R, _like(t, ref)
 
 
 def _check_camera(camera, ref: torch.Tensor, B: int) -> Camera:
@@ -480,7 +487,7 @@ def frame_face(
     cam = PinholeCamera.from_fov(fov, (H, W), axis="vertical", dtype=pts.dtype, device=pts.device)
     if rotation is None:
         rotation = torch.zeros(1, 3, dtype=pts.dtype, device=pts.device)
-    R, _ = check_pose(rotation.detach(), torch.zeros(1, 3, dtype=pts.dtype, device=pts.device), pts)
+    R, _ = check_pose(rotation.detach(), torch.zeros(pts.shape[0], 3, dtype=pts.dtype, device=pts.device), pts)
     B = max(R.shape[0], pts.shape[0])
     if pts.shape[0] not in (1, B) or R.shape[0] not in (1, B):
         raise ShapeError(f"batch mismatch: rotation has batch {R.shape[0]}, vertices have {pts.shape[0]}")

@@ -11,10 +11,10 @@ from .cache import CACHE_VERSION, FLOAT16_MAPS, MAP_CHANNELS, ConditioningCache,
     ConditioningSettings, build_cache, dequantize, quantize, render_conditioning
 from .crops import CropBoxes, CropReference, crop_boxes_from_pose, crop_camera, crop_reference, stable_crop_boxes
 from .dataset import WindowDataset, multi_video_dataset, split_frames, window_indices
-from .source import TrackedVideo, video_fingerprint
+from .source import TrackedVideo, open_trained_target, video_fingerprint
 
 __all__ = [
-    "TrackedVideo", "video_fingerprint", "CropBoxes", "CropReference", "crop_reference", "crop_boxes_from_pose",
+    "TrackedVideo", "open_trained_target", "video_fingerprint", "CropBoxes", "CropReference", "crop_reference", "crop_boxes_from_pose",
     "stable_crop_boxes", "crop_camera", "ConditioningSettings", "ConditioningCache", "ConditioningRenderer",
     "build_cache", "render_conditioning", "quantize", "dequantize", "MAP_CHANNELS", "FLOAT16_MAPS", "CACHE_VERSION",
     "WindowDataset",

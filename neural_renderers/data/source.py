@@ -144,3 +144,42 @@ class TrackedVideo:
         if err > 0.10:
             raise DatasetError(f"{what}: in frame {i} the tracked landmarks are {100 * err:.0f} % of the eye distance "
                                f"from a fresh detection (limit 10 %)")
+
+
+_FINGERPRINT_KEYS = ("size", "fps", "frames", "bytes")
+
+
+def open_trained_target(data: Dict[str, Any], target: Optional[PathLike], *, refusal: str, model=None,
+                        progress: bool = False) -> TrackedVideo:
+    """The target video a person-specific network was trained on, for reenactment with that network.
+
+    Args:
+        data: the run's saved data settings (``video``, ``track`` and ``video_fingerprint`` keys).
+        target: None for the run's own video and track; else a video file (tracked with the run's track folder) or a
+            track folder, which must be the same video (size, frame rate, frame count, bytes).
+        refusal: the method's message when it is another video (what the network renders and what to do instead).
+    Returns:
+        the opened :class:`TrackedVideo`.
+    Raises:
+        FileNotFoundError: ``target`` is neither a file nor a track folder.
+        DatasetError: ``target`` is another video than the one trained on (``refusal``), or its track does not match.
+    """
+    run_fp = data.get("video_fingerprint") or {}
+    if target is None:
+        return TrackedVideo.open(data["video"], data["track"], model=model, progress=progress)
+    tp = Path(target)
+
+    def same(fp):
+        return not run_fp or {k: fp.get(k) for k in _FINGERPRINT_KEYS} == {k: run_fp.get(k) for k in _FINGERPRINT_KEYS}
+
+    if tp.is_dir() and (tp / "params.npz").is_file():
+        src = TrackedVideo.open(None, tp, model=model, progress=progress)
+    else:
+        if not tp.is_file():
+            raise FileNotFoundError(f"no such target video or track folder: {str(tp)!r}")
+        if not same(video_fingerprint(tp)):
+            raise DatasetError(refusal)
+        src = TrackedVideo.open(tp, data["track"], model=model, progress=progress)
+    if not same(src.fingerprint):
+        raise DatasetError(refusal)
+    return src

@@ -32,7 +32,7 @@ from facerender.reenact.common import (FrameSource, OutputSettings, SeamMeter, a
                                        load_or_track, paste_crop, side_by_side_frame, square_feather,
                                        transfer_expression)
 
-from ..data import ConditioningCache, ConditioningRenderer, ConditioningSettings, TrackedVideo, \
+from ..data import ConditioningCache, ConditioningRenderer, ConditioningSettings, \
     crop_boxes_from_pose, crop_reference, dequantize, quantize
 from ..errors import DatasetError
 
@@ -164,28 +164,14 @@ def dvp_reenact(run: PathLike, source: PathLike, target: Optional[PathLike], out
     timer["load"] = time.perf_counter() - t0
     # the target: the run's own, or a video / track checked to be that one
     t0 = time.perf_counter()
-    run_fp = data.get("video_fingerprint")
-    if target is None:
-        tgt_src = TrackedVideo.open(data["video"], data["track"], model=model, progress=progress)
-    else:
-        tp = Path(target)
-        if tp.is_dir() and (tp / "params.npz").is_file():
-            tgt_src = TrackedVideo.open(None, tp, model=model, progress=progress)
-        else:
-            from ..data import video_fingerprint
+    from ..data import open_trained_target
 
-            if not tp.is_file():
-                raise FileNotFoundError(f"no such target video or track folder: {str(tp)!r}")
-            fp = video_fingerprint(tp)
-            if run_fp and {k: fp[k] for k in ("size", "fps", "frames", "bytes")} != \
-                    {k: run_fp[k] for k in ("size", "fps", "frames", "bytes")}:
-                raise DatasetError(f"the network in {str(run)!r} was trained on {data['video']!r}, not on "
-                                   f"{str(tp)!r}: Deep Video Portraits renders the one person it was trained on; "
-                                   f"train a model on this target first")
-            tgt_src = TrackedVideo.open(tp, data["track"], model=model, progress=progress)
-    if run_fp and tgt_src.fingerprint.get("bytes") != run_fp.get("bytes"):
-        raise DatasetError(f"the network in {str(run)!r} was trained on {data['video']!r}, not on "
-                           f"{str(tgt_src.video)!r}; train a model on this target first")
+    named = data["video"] if target is None else str(target)
+    tgt_src = open_trained_target(
+        data, target, model=model, progress=progress,
+        refusal=(f"the network in {str(run)!r} was trained on {data['video']!r}, not on {named!r}: Deep Video "
+                 f"Portraits renders the one person it was trained on; train a model on this target first "
+                 f"('facerender train dvp --target {named} -o RUN')"))
     tgt = tgt_src.track
     timer["track_target"] = time.perf_counter() - t0
     t0 = time.perf_counter()

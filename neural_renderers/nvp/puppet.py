@@ -105,28 +105,13 @@ def _device(name: str) -> torch.device:
 
 def _open_run_target(run: Path, data: dict, target: Optional[PathLike], model, progress: bool):
     """The run's own target, or ``target`` (a video or track folder) checked to be that video."""
-    from ..data import TrackedVideo, video_fingerprint
+    from ..data import open_trained_target
 
-    run_fp = data.get("video_fingerprint") or {}
-    keys = ("size", "fps", "frames", "bytes")
-    if target is None:
-        return TrackedVideo.open(data["video"], data["track"], model=model, progress=progress)
-    tp = Path(target)
-    other = (f"the renderer in {str(run)!r} was trained on {data['video']!r}, not on {str(tp)!r}: a neural texture "
-             f"renders the one person (and video) it was trained on; train one on this target first "
-             f"('facerender train nvp-render --target {tp} -o RUN')")
-    if tp.is_dir() and (tp / "params.npz").is_file():
-        src = TrackedVideo.open(None, tp, model=model, progress=progress)
-    else:
-        if not tp.is_file():
-            raise FileNotFoundError(f"no such target video or track folder: {str(tp)!r}")
-        fp = video_fingerprint(tp)
-        if run_fp and {k: fp.get(k) for k in keys} != {k: run_fp.get(k) for k in keys}:
-            raise DatasetError(other)
-        src = TrackedVideo.open(tp, data["track"], model=model, progress=progress)
-    if run_fp and {k: src.fingerprint.get(k) for k in keys} != {k: run_fp.get(k) for k in keys}:
-        raise DatasetError(other)
-    return src
+    tp = data["video"] if target is None else str(target)
+    refusal = (f"the renderer in {str(run)!r} was trained on {data['video']!r}, not on {tp!r}: a neural texture "
+               f"renders the one person (and video) it was trained on; train one on this target first "
+               f"('facerender train nvp-render --target {tp} -o RUN')")
+    return open_trained_target(data, target, refusal=refusal, model=model, progress=progress)
 
 
 def puppet(audio: PathLike, run: PathLike, out_dir: PathLike, config: Optional[PuppetConfig] = None, *,
