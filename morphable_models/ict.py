@@ -349,8 +349,11 @@ def install_ict(
             try:
                 from tqdm.auto import tqdm
 
+                import sys
+
                 bar = tqdm(total=1 + NUM_IDENTITY + 53 + len(EXTRA_EXPRESSIONS) + 1, unit="file",
-                           desc="ICT-FaceKit", leave=False)
+                           desc="ICT-FaceKit", leave=False,
+                           mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a log file: not ten lines a second
             except ImportError:  # pragma: no cover
                 bar = None
         col = _Collected(str(path), (lambda _n: bar.update(1)) if bar is not None else None)

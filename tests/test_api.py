@@ -319,10 +319,13 @@ def test_a_command_runs_with_the_default_threads(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ progress
-def test_stage_bar(capsys):
+def test_stage_bar(capsys, monkeypatch):
     import time
 
+    import facerender.progress as progress
     from facerender.progress import NullBar, stage_bar
+
+    monkeypatch.setattr(progress, "_is_terminal", lambda: True)  # capsys is not a terminal: see the next test
 
     bar = stage_bar("quiet", 3, enabled=False)
     assert isinstance(bar, NullBar)
@@ -338,6 +341,27 @@ def test_stage_bar(capsys):
     err = capsys.readouterr().err
     assert "bundling 4 keyframes" in err and "2/2" in err
     assert err.count("bundling 4 keyframes") >= 3  # refreshed by the ticker before the updates
+
+
+def test_bars_in_a_log_file_write_a_line_per_half_minute_not_per_update(capsys):
+    """stderr redirected to a file (CI, nohup): the bars update every LOG_INTERVAL seconds, plus the first and
+    last state, instead of ten times a second (the main job wrote 230 kB of bar updates into a log)."""
+    import time
+
+    from facerender.progress import LOG_INTERVAL, progress_bar, stage_bar
+
+    assert LOG_INTERVAL >= 10
+    bar = progress_bar(total=200, desc="frames", unit="frame")
+    for _ in range(200):
+        bar.update(1)
+        time.sleep(0.004)
+    bar.close()
+    with stage_bar("bundling", 3, True, interval=0.01) as sb:
+        time.sleep(0.1)  # no ticker lines either
+        sb.update(3)
+    err = capsys.readouterr().err
+    assert "200/200" in err and "3/3" in err
+    assert err.count("frames:") <= 3 and err.count("bundling:") <= 3, err
 
 
 def test_fit_image_shows_progress_and_the_cli_lists_every_file(ict_model, faces_dir, tmp_path, capsys):

@@ -60,6 +60,27 @@ def reenactment(video_dir, ict_model, tmp_path_factory):
     return res
 
 
+def test_paste_fades_out_before_the_crop_edge():
+    """A face mask that runs past the crop (the forehead of a lowered head, most frames of the README job) must not
+    leave a line where the crop ends: pasting a crop of the frame's own colour changes nothing."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from facerender.reenact.face2face import _Reenactor
+
+    frame = torch.full((100, 120, 3), 128, dtype=torch.uint8)
+    crop = torch.full((32, 32, 3), 128 / 255.0)
+    mask = torch.ones(32, 32, dtype=torch.bool)  # touches every edge of the crop
+    obj = SimpleNamespace(cfg=Face2FaceConfig(), last_band=None)
+    for x0, y0, side in ((20.0, 10.0, 64.0), (33.3, 21.7, 50.5)):
+        out = _Reenactor._paste(obj, frame, crop, mask, x0, y0, side)
+        assert np.abs(out.astype(int) - 128).max() <= 1, (x0, y0)
+    # and inside, away from the edge, the crop is what is pasted
+    out = _Reenactor._paste(obj, frame, torch.full((32, 32, 3), 0.2), mask, 20.0, 10.0, 64.0)
+    assert np.abs(out[42, 52].astype(int) - round(0.2 * 255)).max() <= 1 and (out[0] == 128).all()
+
+
 def test_outputs_written(reenactment):
     r = reenactment
     assert r.frames == 90

@@ -263,7 +263,7 @@ def _bar(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
     try:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar as tqdm
     except ImportError:  # pragma: no cover
         return None
     return tqdm(total=total, desc=desc, unit="frame")

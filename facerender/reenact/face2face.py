@@ -334,6 +334,12 @@ class _Reenactor:
         from .blend import erode_mask
 
         a = erode_mask(mask[None], max(1, self.cfg.erode))[0].float()[None, None]
+        # where the face runs past the crop (the forehead of a lowered head: most frames of the README job), fade out
+        # before the crop's edge: cut there, the resampled crop left a dark line across the forehead
+        a[..., :3, :] = 0
+        a[..., -3:, :] = 0
+        a[..., :, :3] = 0
+        a[..., :, -3:] = 0
         k = torch.full((1, 1, 1, 5), 0.2)  # separable 5-px box feather (avg_pool2d with stride 1 is slow on CPU)
         a = F.conv2d(F.conv2d(F.pad(a, (2, 2, 2, 2)), k), k.transpose(-1, -2))
         chans = [crop.permute(2, 0, 1), a[0]]
@@ -440,7 +446,7 @@ def face2face(
     bar = None
     if progress:
         try:
-            from tqdm.auto import tqdm
+            from ..progress import progress_bar as tqdm
 
             bar = tqdm(total=N, unit="frame", desc="reenact")
         except ImportError:  # pragma: no cover

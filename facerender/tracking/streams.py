@@ -46,7 +46,7 @@ def progress_bar(total, initial, enabled, desc):
     if not enabled:
         return None
     try:
-        from tqdm import tqdm
+        from ..progress import progress_bar as tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return None
     return tqdm(total=total or None, initial=initial, unit="frame", desc=desc, dynamic_ncols=True, file=sys.stderr,

@@ -327,7 +327,7 @@ def build_cache(source: TrackedVideo, model, settings: ConditioningSettings, *,
     renderer = ConditioningRenderer(model, track, settings)
     bar = None
     if progress and start_chunk < n_chunks:
-        from tqdm.auto import tqdm
+        from facerender.progress import progress_bar as tqdm
 
         bar = tqdm(total=N, initial=start_chunk * cs, unit="frame", desc="conditioning")
     t0 = time.perf_counter()

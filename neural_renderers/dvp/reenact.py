@@ -225,7 +225,7 @@ def dvp_reenact(run: PathLike, source: PathLike, target: Optional[PathLike], out
     seam = SeamMeter()
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from facerender.progress import progress_bar as tqdm
 
         bar = tqdm(total=N, unit="frame", desc="reenact (dvp)")
     writer = VideoWriter(out / "result.mp4", fps=fps, audio_from=audio, crf=cfg.crf, preset=cfg.preset)

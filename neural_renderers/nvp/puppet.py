@@ -254,7 +254,7 @@ def puppet(audio: PathLike, run: PathLike, out_dir: PathLike, config: Optional[P
     seam = SeamMeter()
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from facerender.progress import progress_bar as tqdm
 
         bar = tqdm(total=N, unit="frame", desc="puppet (nvp)")
     tmp_result = out / ".result.noaudio.mp4"

@@ -449,7 +449,7 @@ class Trainer:
             m.train()
         bar = None
         if self.main and cfg.progress:
-            from tqdm.auto import tqdm
+            from facerender.progress import progress_bar as tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.step, unit="it", desc=f"train {self.method.name}",
                        dynamic_ncols=True)
