@@ -54,11 +54,17 @@ def best_fixed_identity(model, det, conf, pp, size, focal, start, rounds=6, cfg=
                              pp[0].double().numpy(), start.double().numpy(), rounds, cfg)
 
 
+def solved_mask(tr) -> np.ndarray:
+    """Frames of a track with a face and no break flag (``BREAK_FLAGS``): ``(N,)`` bool."""
+    from facerender.tracking.video import BREAK_FLAGS
+
+    return np.array([bool(tr.face_found[i]) and not BREAK_FLAGS & set(str(tr.flags[i]).split(","))
+                     for i in range(len(tr.index))])
+
+
 def floor_row(model, path, every, rounds):
     tr = load_track(path)
-    ok = [i for i in range(len(tr.index)) if tr.face_found[i]
-          and not {"bridged", "reinitialised", "nan_replaced", "reseeded", "restarted", "redetected"}
-          & set(str(tr.flags[i]).split(","))][::every]
+    ok = np.flatnonzero(solved_mask(tr))[::every]
     det = torch.as_tensor(tr.landmarks[ok], dtype=torch.float32)
     smooth = torch.as_tensor(tr.landmarks_smoothed[ok], dtype=torch.float32)
     conf = torch.as_tensor(tr.landmark_confidence[ok], dtype=torch.float32)
@@ -162,9 +168,7 @@ FRONTIER_WEIGHTS = ("wh0.02", "wh0.05", "wh0.1", "wh0.2", "wh0.3", "wh0.5", "wh0
 
 def longest_run(tr, max_len=None):
     """The longest run of consecutive solved frames of a track (a slice; its first ``max_len`` frames)."""
-    good = np.array([bool(tr.face_found[i]) and not {"bridged", "reinitialised", "nan_replaced", "reseeded",
-                                                     "restarted", "redetected"} & set(str(tr.flags[i]).split(","))
-                     for i in range(len(tr.index))])
+    good = solved_mask(tr)
     edges = np.flatnonzero(np.diff(np.r_[0, good.astype(np.int8), 0]))
     starts, ends = edges[::2], edges[1::2]
     k = int(np.argmax(ends - starts))

@@ -135,19 +135,8 @@ def _cmd_reenact(args) -> int:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-def _positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not (v > 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_support import CLIParser, box_type, float_in, int_in, nonnegative_int, positive_int
+    from .cli_support import CLIParser, box_type, float_in, int_in, nonnegative_int, positive_float, positive_int
 
     p = CLIParser(prog="facerender", description=__doc__.split("\n\n")[0],
                   epilog="Errors: one line on stderr and an exit code per class (docs/errors.md).")
@@ -209,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--smoothing", choices=["whittaker", "savgol", "none"], default="whittaker",
                     help="landmark smoothing before the solver (savgol: the Savitzky-Golay 5 / order 2 filter of "
                          "earlier releases)")
-    pt.add_argument("--smoothing-lambda", type=_positive_float, default=0.5,
+    pt.add_argument("--smoothing-lambda", type=positive_float, default=0.5,
                     help="weight of the Whittaker smoother's second differences (larger: steadier, slower to follow)")
     pt.add_argument("--model", "--face-model", dest="face_model", default=None, help=MODEL_HELP)
     pt.set_defaults(func=_cmd_track)

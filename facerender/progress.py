@@ -8,34 +8,13 @@ whose elapsed time keeps ticking between updates (a refresher thread), so a stag
 """
 from __future__ import annotations
 
-import sys
 import threading
 from typing import Optional
 
+from morphable_models import _progress
+from morphable_models._progress import LOG_INTERVAL, progress_bar  # noqa: F401 (re-exported)
+
 __all__ = ["stage_bar", "progress_bar", "NullBar", "LOG_INTERVAL"]
-
-#: seconds between bar updates when stderr is not a terminal (a log file, CI): a line every half minute instead of
-#: ten a second (the README main job wrote 230 kB of bar updates into a log before)
-LOG_INTERVAL = 30.0
-
-
-def _is_terminal() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):  # replaced or closed stderr
-        return False
-
-
-def progress_bar(**kwargs):
-    """A tqdm bar on stderr (``tqdm(**kwargs)``) that updates at most every :data:`LOG_INTERVAL` seconds when stderr
-    is not a terminal; ``mininterval`` given by the caller wins."""
-    from tqdm.auto import tqdm
-
-    if not _is_terminal():
-        kwargs.setdefault("mininterval", LOG_INTERVAL)
-    kwargs.setdefault("file", sys.stderr)
-    return tqdm(**kwargs)
-
 
 
 class NullBar:
@@ -68,7 +47,7 @@ class _TickingBar:
     """A tqdm bar refreshed every ``interval`` seconds by a daemon thread (the elapsed time moves)."""
 
     def __init__(self, desc: str, total: Optional[int], unit: str, interval: float):
-        if not _is_terminal():
+        if not _progress.is_terminal():
             interval = max(interval, LOG_INTERVAL)
         self._bar = progress_bar(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=True,
                                  bar_format=None if total else "{desc}: {elapsed} {postfix}")

@@ -464,7 +464,7 @@ class FlameModel(nn.Module):
     def _vec(self, x, K, B, label):
         if x is None:
             return self.v_template.new_zeros(B, K)
-        return check_coefficients(x, K, label, dtype=self.dtype, device=self.device).expand(B, K)
+        return check_coefficients(x, K, label, dtype=self.dtype, device=self.device, batch=B).expand(B, K)
 
     def forward(self, shape: Optional[torch.Tensor] = None, expression: Optional[torch.Tensor] = None, *,
                 global_pose: Optional[torch.Tensor] = None, neck: Optional[torch.Tensor] = None,

@@ -100,8 +100,11 @@ def _incidence(faces: torch.Tensor, V: int, dtype: torch.dtype, device: torch.de
 
 
 def pose_rotation(rotation: torch.Tensor) -> torch.Tensor:
-    """Accept ``(B, 3, 3)``, axis-angle ``(B, 3)`` or 6D ``(B, 6)`` and return ``(B, 3, 3)`` matrices."""
-    if rotation.ndim >= 2 and rotation.shape[-2:] == (3, 3):
+    """Accept ``(B, 3, 3)``, axis-angle ``(B, 3)`` or 6D ``(B, 6)`` and return ``(B, 3, 3)`` matrices.
+
+    A 2-D ``(3, 3)`` tensor is three axis-angle vectors (``B = 3``), as its shape says; one matrix is ``(1, 3, 3)``.
+    """
+    if rotation.ndim >= 3 and rotation.shape[-2:] == (3, 3):
         return rotation
     if rotation.shape[-1] == 3:
         return axis_angle_to_matrix(rotation)

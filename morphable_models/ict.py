@@ -347,13 +347,10 @@ def install_ict(
         bar = None
         if progress:
             try:
-                from tqdm.auto import tqdm
+                from ._progress import progress_bar
 
-                import sys
-
-                bar = tqdm(total=1 + NUM_IDENTITY + 53 + len(EXTRA_EXPRESSIONS) + 1, unit="file",
-                           desc="ICT-FaceKit", leave=False,
-                           mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a log file: not ten lines a second
+                bar = progress_bar(total=1 + NUM_IDENTITY + 53 + len(EXTRA_EXPRESSIONS) + 1, unit="file",
+                                   desc="ICT-FaceKit", leave=False)
             except ImportError:  # pragma: no cover
                 bar = None
         col = _Collected(str(path), (lambda _n: bar.update(1)) if bar is not None else None)

@@ -183,7 +183,7 @@ class TuckerFaceModel(nn.Module):
     def _coeffs(self, x, K, B, label):
         if x is None:
             return self.core.new_zeros(B, K)
-        return check_coefficients(x, K, label, dtype=self.dtype, device=self.device).expand(B, K)
+        return check_coefficients(x, K, label, dtype=self.dtype, device=self.device, batch=B).expand(B, K)
 
     def mode_weights(self, identity=None, expression=None, batch_size: Optional[int] = None
                      ) -> Tuple[torch.Tensor, torch.Tensor]:

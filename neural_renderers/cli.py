@@ -34,7 +34,7 @@ def _power_of_two(text: str) -> int:
 def add_train_parser(sub) -> None:
     """Add ``train`` (with one subcommand per method) to the ``facerender`` subparsers ``sub``."""
     # argparse types of docs/errors.md (no torch)
-    from facerender.cli_support import fraction_in, nonnegative_int, positive_float, positive_int
+    from facerender.cli_support import fraction_in, positive_float, positive_int
 
     pt = sub.add_parser("train", help="train a neural renderer (Deep Video Portraits ...) on a video",
                         description="Train a neural renderer. Multi-process / multi-GPU: torchrun --nproc_per_node N "
@@ -49,8 +49,6 @@ def add_train_parser(sub) -> None:
     pd.add_argument("--size", type=_power_of_two, default=256, help="crop side in pixels: 128 or 256 (paper: 256)")
     pd.add_argument("--window", type=positive_int, default=11, help="conditioning frames per input (paper: 11)")
     pd.add_argument("--steps", type=positive_int, default=10000, help="optimisation steps (total, also on resume)")
-    pd.add_argument("--max-minutes", type=positive_float, default=None,
-                    help="stop earlier, with a checkpoint, after this many minutes of training (--resume continues)")
     pd.add_argument("--max-channels", type=positive_int, default=512,
                     help="generator width cap (paper: 512; 256 halves the CPU time)")
     pd.add_argument("--disc-channels", type=positive_int, default=64, help="discriminator width (paper: 64)")
@@ -70,23 +68,13 @@ def add_train_parser(sub) -> None:
                     help="held-out end of the video (default 0.15)")
     pd.add_argument("--max-frames", type=positive_int, default=None, help="track only the first frames")
     pd.add_argument("--crop-scale", type=positive_float, default=1.7, help="crop side / median face size")
-    pd.add_argument("--checkpoint-every", type=positive_int, default=1000, help="steps between checkpoints")
-    pd.add_argument("--sample-every", type=positive_int, default=500, help="steps between sample grids")
-    pd.add_argument("--val-every", type=nonnegative_int, default=1000, help="steps between validation passes (0: end)")
-    pd.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader workers per process")
-    pd.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    pd.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
-                    help="mixed precision (auto: bf16 on CUDA, off on CPU)")
-    pd.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    pd.add_argument("--seed", type=nonnegative_int, default=0, help="seed of weights, data order and sampling")
-    pd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common_train_args(pd, 1000, 500, 1000)
     pd.set_defaults(func=run_train)
     _add_nvp_train_parsers(tsub)  # Neural Voice Puppetry: nvp-audio, nvp-render
 
 
 def run_train(args) -> int:
     from neural_renderers.dvp import DVPConfig, train_dvp
-    from neural_renderers.training import TrainConfig
 
     if not args.resume and args.target is None and args.video is None:
         print("facerender train dvp: error: give --target VIDEO|TRACK_DIR (or --resume)", file=sys.stderr)
@@ -96,17 +84,12 @@ def run_train(args) -> int:
                     max_channels=args.max_channels, disc_channels=args.disc_channels, dropout=args.dropout,
                     gan_mode=args.gan_mode, lambda_l1=args.lambda_l1, lr=args.lr, vgg_weights=args.vgg_weights,
                     lambda_vgg=lambda_vgg, disc_norm="instance" if args.gan_mode == "wgan" else "batch")
-    tc = TrainConfig(steps=args.steps, max_minutes=args.max_minutes, batch_size=args.batch_size,
-                     num_workers=args.workers, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                     sample_every=args.sample_every, val_every=args.val_every, amp=args.amp, device=args.device, threads=args.threads,
-                     progress=not args.no_progress)
+    tc = _train_config(args)
     res = train_dvp(args.target, args.output, config=cfg, train=tc, video=args.video, resume=args.resume,
                     val_fraction=args.val_fraction, max_frames=args.max_frames, crop_scale=args.crop_scale,
                     progress=not args.no_progress)
-    val = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in res.validation.items())
-    print(f"trained {res.step} steps ({res.steps_per_s:.2f} it/s, peak memory {res.peak_memory_mb:.0f} MB); "
-          f"validation: {val or 'none'}")
-    print(f"checkpoint {res.checkpoint}; samples in {res.run_dir / 'samples'}; losses in {res.run_dir / 'losses.png'}")
+    _report(res)
+    print(f"samples in {res.run_dir / 'samples'}")
     return 0
 
 

@@ -322,10 +322,10 @@ def test_a_command_runs_with_the_default_threads(monkeypatch):
 def test_stage_bar(capsys, monkeypatch):
     import time
 
-    import facerender.progress as progress
+    import morphable_models._progress as progress
     from facerender.progress import NullBar, stage_bar
 
-    monkeypatch.setattr(progress, "_is_terminal", lambda: True)  # capsys is not a terminal: see the next test
+    monkeypatch.setattr(progress, "is_terminal", lambda: True)  # capsys is not a terminal: see the next test
 
     bar = stage_bar("quiet", 3, enabled=False)
     assert isinstance(bar, NullBar)

@@ -140,6 +140,11 @@ def test_reenactment_opens_only_the_video_it_was_trained_on(d10, video_dir, tmp_
         open_trained_target(data, video_dir / "talking_d3.mp4", refusal="train on this one first", progress=False)
     with pytest.raises(FileNotFoundError, match="no such target video or track folder: .*nothing.mp4"):
         open_trained_target(data, tmp_path / "nothing.mp4", refusal="never", progress=False)
+    changed = dict(data, video_fingerprint=dict(data["video_fingerprint"], bytes=1))  # replaced since training
+    with pytest.raises(DatasetError, match="talking_d10.mp4' changed since the network was trained on it"):
+        open_trained_target(changed, None, refusal="never", progress=False)
+    with pytest.raises(DatasetError, match="^not this one$"):
+        open_trained_target(changed, src.track_dir, refusal="not this one", progress=False)
 
 
 def test_pose_transfer_of_an_actor_onto_itself_is_the_identity(d10):

@@ -199,6 +199,14 @@ def test_a_batch_of_three_axis_angles_is_not_read_as_one_matrix():
         torch.testing.assert_close(R, M[None])
     R, _ = check_pose(M[None], torch.zeros(3, 3, dtype=torch.float64), ref)  # one matrix for three translations
     torch.testing.assert_close(R, M[None])
+    # the shared conversion under it: model_to_camera with three axis-angle rows, one by one
+    from morphable_models import model_to_camera
+
+    pts = torch.tensor([[[1.0, 2.0, 3.0]]], dtype=torch.float64).expand(3, 1, 3)
+    got = model_to_camera(pts, aa, torch.zeros(3, 3, dtype=torch.float64))
+    for k in range(3):
+        torch.testing.assert_close(got[k], model_to_camera(pts[:1], aa[k:k + 1], torch.zeros(1, 3,
+                                                                                         dtype=torch.float64))[0])
     # and through render_face: three axis-angle poses render as the three one-by-one renders
     v, faces = tent()
     cam, _, t1 = tent_pose()

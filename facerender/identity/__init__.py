@@ -13,8 +13,7 @@ See docs/identity.md. Importing this package does not import dlib.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from morphable_models._lazy import attach as _attach
 
 _EXPORTS = {
     "DlibFaceNet": "network",
@@ -44,17 +43,5 @@ _EXPORTS = {
 SAME_PERSON_THRESHOLD = 0.6
 
 
-def __getattr__(name: str) -> Any:
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'facerender.identity' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
-
-
-__all__ = sorted(list(_EXPORTS) + ["SAME_PERSON_THRESHOLD"])
+__getattr__, __dir__, __all__ = _attach(__name__, {k: "." + v for k, v in _EXPORTS.items()},
+                                        extra=("SAME_PERSON_THRESHOLD",))

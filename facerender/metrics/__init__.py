@@ -9,8 +9,7 @@ See docs/evaluation.md. Importing this package does not import dlib.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from morphable_models._lazy import attach as _attach
 
 _EXPORTS = {
     "psnr": "image",
@@ -39,17 +38,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'facerender.metrics' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
-
-
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = _attach(__name__, {k: "." + v for k, v in _EXPORTS.items()})

@@ -43,8 +43,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from .video import EvaluateConfig, evaluate
 
-    if args.max_frames is not None and args.max_frames < 1:
-        raise SystemExit(f"--max-frames must be >= 1, got {args.max_frames}")
     cfg = EvaluateConfig(max_frames=args.max_frames, identity_stride=args.identity_stride,
                          target_identity_stride=args.target_identity_stride, source_order=args.source_order,
                          target_order=args.target_order, expression=not args.no_expression, seam=not args.no_seam,

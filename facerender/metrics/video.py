@@ -34,45 +34,17 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import NoFaceError, VideoError
+from ..reenact.common import MATCH_ORDERS, match_frames
 from .temporal import SeamConfig, SeamMeter
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-ORDERS = ("auto", "time", "clamp", "loop", "pingpong")
+ORDERS = ("auto",) + MATCH_ORDERS
 
 
 # ----------------------------------------------------------------------------------------------------------
 # frame matching
-
-
-def match_frames(n_out: int, fps_out: float, n_in: int, fps_in: float, order: str = "time") -> np.ndarray:
-    """Index of the input frame shown at each output frame's time.
-
-    Args:
-        n_out, fps_out: output frames and rate; n_in, fps_in: input frames and rate.
-        order: beyond the input's end: ``"time"`` (-1: no frame), ``"clamp"`` (its last frame), ``"loop"``,
-            ``"pingpong"`` (forward, backward, ...).
-    Returns:
-        ``(n_out,)`` int64 indices (-1 where ``"time"`` runs out).
-    """
-    if order not in ORDERS[1:]:
-        raise ValueError(f"order must be one of {ORDERS[1:]}, got {order!r}")
-    if n_out < 0 or n_in < 1 or not (fps_out > 0 and fps_in > 0):
-        raise ValueError(f"need n_out >= 0, n_in >= 1 and positive frame rates, got {n_out}, {n_in}, "
-                         f"{fps_out}, {fps_in}")
-    k = np.round(np.arange(n_out) / fps_out * fps_in).astype(np.int64)
-    if order == "time":
-        return np.where(k < n_in, k, -1)
-    if order == "clamp":
-        return np.minimum(k, n_in - 1)
-    if order == "loop":
-        return k % n_in
-    if n_in == 1:
-        return np.zeros_like(k)
-    period = 2 * (n_in - 1)
-    k = k % period
-    return np.where(k < n_in, k, period - k)
 
 
 # ----------------------------------------------------------------------------------------------------------

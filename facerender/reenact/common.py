@@ -94,6 +94,39 @@ def transfer_expression(source: np.ndarray, source_neutral: np.ndarray, target_n
     return out
 
 
+#: What :func:`match_frames` does beyond the input's end.
+MATCH_ORDERS = ("time", "clamp", "loop", "pingpong")
+
+
+def match_frames(n_out: int, fps_out: float, n_in: int, fps_in: float, order: str = "time") -> np.ndarray:
+    """Index of the input frame shown at each output frame's time.
+
+    Args:
+        n_out, fps_out: output frames and rate; n_in, fps_in: input frames and rate.
+        order: beyond the input's end: ``"time"`` (-1: no frame), ``"clamp"`` (its last frame), ``"loop"``,
+            ``"pingpong"`` (forward, backward, ...).
+    Returns:
+        ``(n_out,)`` int64 indices (-1 where ``"time"`` runs out).
+    """
+    if order not in MATCH_ORDERS:
+        raise ValueError(f"order must be one of {MATCH_ORDERS}, got {order!r}")
+    if n_out < 0 or n_in < 1 or not (fps_out > 0 and fps_in > 0):
+        raise ValueError(f"need n_out >= 0, n_in >= 1 and positive frame rates, got {n_out}, {n_in}, "
+                         f"{fps_out}, {fps_in}")
+    k = np.round(np.arange(n_out) / fps_out * fps_in).astype(np.int64)
+    if order == "time":
+        return np.where(k < n_in, k, -1)
+    if order == "clamp":
+        return np.minimum(k, n_in - 1)
+    if order == "loop":
+        return k % n_in
+    if n_in == 1:
+        return np.zeros_like(k)
+    period = 2 * (n_in - 1)
+    k = k % period
+    return np.where(k < n_in, k, period - k)
+
+
 def frame_schedule(n_source: int, fps_source: float, n_target: int, fps_target: float, length: str
                    ) -> Tuple[np.ndarray, np.ndarray, float]:
     """Source and target frame index per output frame, and the output fps (see the module docstring)."""
@@ -107,18 +140,8 @@ def frame_schedule(n_source: int, fps_source: float, n_target: int, fps_target: 
         fps = fps_source
         dur = min(n_source / fps_source, n_target / fps_target)
     n = max(1, int(round(dur * fps)))
-    t = np.arange(n) / fps
-
-    def pingpong(k, m):
-        if m == 1:
-            return np.zeros_like(k)
-        period = 2 * (m - 1)
-        k = k % period
-        return np.where(k < m, k, period - k)
-
-    src = np.minimum(np.round(t * fps_source).astype(np.int64), 10 ** 12)
-    src = src % n_source if length == "target" else np.minimum(src, n_source - 1)
-    tgt = pingpong(np.round(t * fps_target).astype(np.int64), n_target)
+    src = match_frames(n, fps, n_source, fps_source, "loop" if length == "target" else "clamp")
+    tgt = match_frames(n, fps, n_target, fps_target, "pingpong")
     return src, tgt, fps
 
 

@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -443,21 +444,16 @@ def face2face(
     stills_dir.mkdir(exist_ok=True)
     still_paths: List[Path] = []
     flags: List[List[str]] = []
-    bar = None
-    if progress:
-        try:
-            from ..progress import progress_bar as tqdm
+    from ..progress import progress_bar
 
-            bar = tqdm(total=N, unit="frame", desc="reenact")
-        except ImportError:  # pragma: no cover
-            bar = None
     t_loop = time.perf_counter()
     H, W = tgt.image_size
     seam = SeamMeter()
-    writer = VideoWriter(out / "result.mp4", fps=fps, audio_from=audio, crf=cfg.crf, preset=cfg.preset)
-    side = (VideoWriter(out / "side_by_side.mp4", fps=fps, audio_from=audio, crf=cfg.crf, preset=cfg.preset)
-            if cfg.side_by_side else None)
-    try:
+    # each video is renamed into place when its block ends, and deleted if the block raises (VideoWriter's context)
+    with VideoWriter(out / "result.mp4", fps=fps, audio_from=audio, crf=cfg.crf, preset=cfg.preset) as writer, \
+            (VideoWriter(out / "side_by_side.mp4", fps=fps, audio_from=audio, crf=cfg.crf, preset=cfg.preset)
+             if cfg.side_by_side else nullcontext()) as side, \
+            (progress_bar(total=N, unit="frame", desc="reenact") if progress else nullcontext()) as bar:
         for k in range(N):
             s_i, t_i = int(si[k]), int(ti[k])
             t = time.perf_counter()
@@ -494,17 +490,6 @@ def face2face(
                 bar.update(1)
                 el = time.perf_counter() - t_loop
                 bar.set_postfix(fps=f"{(k + 1) / el:.1f}")
-        writer.close()
-        if side is not None:
-            side.close()
-    except BaseException:
-        writer.abort()
-        if side is not None:
-            side.abort()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
     loop_s = time.perf_counter() - t_loop
     per_frame = {k: v / max(N, 1) * 1e3 for k, v in timer.items() if k in ("decode", "transfer", "render",
                                                                           "composite", "encode")}

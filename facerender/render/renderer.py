@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from morphable_models.geometry import check_faces, model_to_camera, pose_rotation, vertex_normals
-from morphable_models.rotation import axis_angle_to_matrix
 
 from ..cameras import OrthographicCamera, PinholeCamera
 from ..errors import ShapeError
@@ -167,10 +166,7 @@ def check_pose(rotation, translation, ref: torch.Tensor) -> Tuple[torch.Tensor, 
     t = translation[None] if translation.ndim == 1 else translation
     if t.ndim != 2 or t.shape[1] != 3:
         raise ShapeError(f"translation must be (B, 3), got {tuple(translation.shape)}")
-    r = _like(r, ref)
-    # (B, 3) is axis-angle here even at B = 3, which pose_rotation alone would read as one matrix
-    R = axis_angle_to_matrix(r) if r.ndim == 2 and r.shape[1] == 3 else pose_rotation(r)
-    return R, _like(t, ref)
+    return pose_rotation(_like(r, ref)), _like(t, ref)
 
 
 def _check_camera(camera, ref: torch.Tensor, B: int) -> Camera:

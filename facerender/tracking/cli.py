@@ -47,16 +47,13 @@ def run_track(args) -> int:
                                    smoothing_lambda=float(getattr(args, "smoothing_lambda", 0.5)))}[method]
     cfg = TrackConfig(tracker=tracker_cfg, **smoothing)  # ValueError on a bad lambda
     from ..cli_support import warn
-    from .orientation import check_video_orientation, orientation_warning, record_orientation
+    from .orientation import orientation_warning, record_orientation, warn_if_turned
 
-    orientation = check_video_orientation(args.video, max_frames=args.max_frames)
-    if orientation.turned:
-        warn(orientation_warning(orientation, args.video))
+    orientation = warn_if_turned(args.video, "the video", args.max_frames)
     res = track_video(args.video, args.output, model, cfg, max_frames=args.max_frames,
                       overlay=not args.no_overlay, resume=not args.restart, progress=True)
-    if res.summary_path is not None:
-        record_orientation(res.summary_path, orientation, res.frames)
-        res.summary["orientation"] = {"turns": orientation.turns, "frames_checked": orientation.frames_checked}
+    if res.summary_path is not None and orientation is not None:
+        res.summary["orientation"] = record_orientation(res.summary_path, orientation, res.frames)
     s = res.summary
     print(f"tracked {res.frames} frames ({res.frames_with_face} with a face) of {args.video} at "
           f"{res.fps:.2f} frames/s" + (f", resumed at frame {res.resumed_from}" if res.resumed_from else ""))
@@ -90,7 +87,7 @@ def run_track(args) -> int:
     flags = s.get("flag_counts", {})
     if flags:
         print("flags: " + ", ".join(f"{k} {v}" for k, v in sorted(flags.items())))
-    if orientation.turned:
+    if orientation is not None and orientation.turned:  # again below the long output
         warn(orientation_warning(orientation, args.video) + " (recorded in summary.json: orientation)")
     print(f"wrote {res.params_path}" + (f", {res.overlay_path}" if res.overlay_path else "")
           + (f", {res.plot_path}" if res.plot_path else "") + f", {res.summary_path}")

@@ -72,6 +72,7 @@ from ..landmarks.detect import (
     predict_shape,
 )
 from ..landmarks.files import box_from_dlib_rect, box_to_dlib_ltrb, from_dlib_points
+from ..landmarks.metrics import nme
 from ..io.image import to_uint8_rgb
 
 log = logging.getLogger(__name__)
@@ -290,10 +291,12 @@ def landmark_agreement(points: np.ndarray, reference: np.ndarray) -> float:
     p, q = np.asarray(points, np.float64), np.asarray(reference, np.float64)
     if p.shape != (68, 2) or q.shape != (68, 2):
         raise ValueError(f"landmark_agreement needs two (68, 2) arrays, got {p.shape} and {q.shape}")
-    iod = float(np.linalg.norm(q[45] - q[36]))
-    if not (iod > 0 and np.isfinite(p).all() and np.isfinite(q).all()):
+    if not (np.isfinite(p).all() and np.isfinite(q).all()):
         return float("inf")
-    return float(np.linalg.norm(p - q, axis=1).mean() / iod)
+    try:
+        return nme(p, q)
+    except ValueError:  # the reference's eye corners coincide
+        return float("inf")
 
 
 def _similarity_residual(a: np.ndarray, b: np.ndarray) -> float:
@@ -569,12 +572,16 @@ class LandmarkTracker:
             return None
         face = min(faces, key=lambda d: float(np.linalg.norm(
             np.array([(d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2]) - c)))
-        pts, up = self._predict(img, face.box)
-        # read again in the box the track's rule gives those points: the HOG window falls in coarse steps and dlib
-        # reads strong expressions differently in different boxes (on expressions_d6 the HOG-box and the re-read
-        # points differ by 1.2 % of the eye distance in the median, up to 15 %), so like is compared with like
-        pts, up = self._predict(img, box_from_landmarks(pts, self._scale, self._offset))
+        pts, up = self._read(img, face.box)
         return pts, face, up
+
+    def _read(self, img: np.ndarray, face_box: Box) -> Tuple[np.ndarray, float]:
+        """The 68 points of the face in ``face_box`` (a HOG box), read again in the box the track's rule gives them:
+        the HOG window falls in coarse steps and dlib reads strong expressions differently in different boxes (on
+        expressions_d6 the HOG-box and the re-read points differ by 1.2 % of the eye distance in the median, up to
+        15 %), so like is compared with like (the verification and the audit's fresh detections)."""
+        pts, _ = self._predict(img, face_box)
+        return self._predict(img, box_from_landmarks(pts, self._scale, self._offset))
 
     def _check(self, img: np.ndarray, pts: np.ndarray, patch: np.ndarray,
                shift: Optional[np.ndarray] = None) -> Tuple[Optional[str], float, float, float]:

@@ -121,9 +121,9 @@ def warn_if_turned(path: PathLike, what: str, max_frames: Optional[int] = None) 
     return report
 
 
-def record_orientation(summary_path: PathLike, report: VideoOrientation, frames: Optional[int] = None) -> None:
+def record_orientation(summary_path: PathLike, report: VideoOrientation, frames: Optional[int] = None) -> dict:
     """Add ``"orientation"`` to a track's ``summary.json`` (atomically): the report, and ``frames_flagged`` (all
-    ``frames`` of the track when the clip is turned, else 0)."""
+    ``frames`` of the track when the clip is turned, else 0). Returns what it added."""
     from ..io.atomic import atomic_write
 
     p = Path(summary_path)
@@ -135,3 +135,4 @@ def record_orientation(summary_path: PathLike, report: VideoOrientation, frames:
     s["orientation"] = d
     with atomic_write(p) as tmp:
         Path(tmp).write_text(json.dumps(s, indent=1))
+    return d

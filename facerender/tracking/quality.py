@@ -139,23 +139,14 @@ class FreshDetector:
     def __call__(self, image: np.ndarray, near: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """``(68, 2)`` points of the face in ``image (H, W, 3)`` uint8 nearest ``near (68, 2)`` (or the largest),
         or None when HOG finds no face."""
-        from .facebox import box_from_landmarks
-
-        lt, cfg = self._lt, self._lt.config
+        lt = self._lt  # never updated: its box rule is the configured one, and every detection may upsample
         img = np.ascontiguousarray(image)
-        faces = lt._hog(img, 0)
-        H, W = img.shape[:2]
-        level = 1
-        while not faces and cfg.detect_upsample == "auto" and level <= cfg.max_upsample \
-                and H * W * 4 ** level <= cfg.max_upsampled_pixels:
-            faces = lt._hog(img, level)
-            level += 1
+        faces, _ = lt._detect(img)
         if not faces:
             return None
         best, best_d = None, math.inf
         for face in (faces if near is not None else [max(faces, key=lambda f: f.area)]):
-            pts, _ = lt._predict(img, face.box)
-            pts, _ = lt._predict(img, box_from_landmarks(pts, cfg.box_scale, cfg.box_offset))
+            pts, _ = lt._read(img, face.box)
             d = 0.0 if near is None else float(np.linalg.norm(np.asarray(near) - pts, axis=1).mean())
             if d < best_d or best is None:
                 best, best_d = pts, d

@@ -81,6 +81,11 @@ __all__ = ["TrackConfig", "TrackResult", "Track", "track_video", "load_track", "
 SAVGOL_SMOOTHING = MappingProxyType({"smoothing": "savgol", "smoothing_window": 5, "smoothing_order": 2})
 
 
+#: Flags of frames whose values do not continue the previous frame's: left out of the jitter and distance figures
+#: and of the photometric check's distribution.
+BREAK_FLAGS = frozenset({"bridged", "reinitialised", "redetected", "reseeded", "restarted", "nan_replaced"})
+
+
 def legacy_config(**changes) -> "TrackConfig":
     """The tracking of the releases before 2026-12 (the landmark tracker's :data:`LEGACY_LANDMARKS`, no photometric
     check, no solver restart on a jump, no interpolated bridges; the audit stays on, it only measures): the
@@ -445,7 +450,7 @@ def _main_pass(reader, store: _Store, manifest, tracker, lt, et, smoother: Strea
         solved = face and not {"bridged", "no_face"} & set(flags)
         if solved and monitor is not None:  # the photometric check: the clip's own PSNR distribution
             if monitor.update(float(getattr(res, "psnr", float("nan"))),
-                              accept=not {"reinitialised", "restarted", "reseeded", "redetected"} & set(flags)):
+                              accept=not BREAK_FLAGS & set(flags)):
                 flags.append("photometric_outlier")
                 lt.request_verification()
         if eyes is not None:
@@ -643,8 +648,6 @@ def _bridge_gaps(store: _Store, manifest, max_gap: int) -> int:
     return filled
 
 
-#: Flags of frames left out of the jitter and distance figures (their values do not continue the previous frame's).
-_BREAKS = {"bridged", "reinitialised", "redetected", "reseeded", "restarted", "nan_replaced"}
 
 
 def _collect(store: _Store, manifest) -> Dict[str, Any]:
@@ -668,7 +671,7 @@ def _collect(store: _Store, manifest) -> Dict[str, Any]:
             names = [x for x in str(f).split(",") if x]
             for x in names:
                 flag_count[x] = flag_count.get(x, 0) + 1
-            ok = (bool(ch["face_found"][i]) and not (_BREAKS & set(names))
+            ok = (bool(ch["face_found"][i]) and not (BREAK_FLAGS & set(names))
                   and not any(x.startswith("lost:") for x in names))
             jit.add({key: ch[key][i] for _, key in _JITTER_SERIES}, ok)
     out: Dict[str, Any] = {k: np.concatenate(v) if v else np.zeros(0) for k, v in series.items()}

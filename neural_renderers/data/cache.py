@@ -150,11 +150,7 @@ class ConditioningRenderer:
         cam = PinholeCamera(fx=T(f * s), fy=T(f * s), cx=T((tr.principal_point[0] - x0) * s),
                             cy=T((tr.principal_point[1] - y0) * s), image_size=(S, S))
         out = self.model(expression=T(expression).reshape(B, -1))
-        # axis-angle as (B, 3, 3) matrices: a (3, 3) axis-angle batch (B = 3) would read as ONE rotation matrix
-        from morphable_models.rotation import axis_angle_to_matrix
-
-        R = axis_angle_to_matrix(T(rotation).reshape(B, 3))
-        maps = conditioning_maps(self.model, out, cam, R, T(translation).reshape(B, 3), sh=T(sh).reshape(B, 9, 3),
+        maps = conditioning_maps(self.model, out, cam, T(rotation).reshape(B, 3), T(translation).reshape(B, 3), sh=T(sh).reshape(B, 9, 3),
                                  albedo=self.albedo, maps=self.settings.maps, antialias=self.settings.antialias)
         parts = []
         for m in self.settings.maps:

@@ -20,7 +20,7 @@ from ..errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrackedVideo", "video_fingerprint"]
+__all__ = ["TrackedVideo", "open_trained_target", "video_fingerprint"]
 
 PathLike = Union[str, Path]
 
@@ -165,21 +165,24 @@ def open_trained_target(data: Dict[str, Any], target: Optional[PathLike], *, ref
         DatasetError: ``target`` is another video than the one trained on (``refusal``), or its track does not match.
     """
     run_fp = data.get("video_fingerprint") or {}
-    if target is None:
-        return TrackedVideo.open(data["video"], data["track"], model=model, progress=progress)
-    tp = Path(target)
 
     def same(fp):
         return not run_fp or {k: fp.get(k) for k in _FINGERPRINT_KEYS} == {k: run_fp.get(k) for k in _FINGERPRINT_KEYS}
 
+    tp = None if target is None else Path(target)
+    if tp is None:
+        src = TrackedVideo.open(data["video"], data["track"], model=model, progress=progress)
+        if not same(src.fingerprint):
+            raise DatasetError(f"{data['video']!r} changed since the network was trained on it (size, frame rate, "
+                               f"frame count or bytes); train again, or pass the original video")
+        return src
     if tp.is_dir() and (tp / "params.npz").is_file():
         src = TrackedVideo.open(None, tp, model=model, progress=progress)
-    else:
-        if not tp.is_file():
-            raise FileNotFoundError(f"no such target video or track folder: {str(tp)!r}")
-        if not same(video_fingerprint(tp)):
+        if not same(src.fingerprint):
             raise DatasetError(refusal)
-        src = TrackedVideo.open(tp, data["track"], model=model, progress=progress)
-    if not same(src.fingerprint):
+        return src
+    if not tp.is_file():
+        raise FileNotFoundError(f"no such target video or track folder: {str(tp)!r}")
+    if not same(video_fingerprint(tp)):  # before tracking or opening anything
         raise DatasetError(refusal)
-    return src
+    return TrackedVideo.open(tp, data["track"], model=model, progress=progress)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -28,9 +29,9 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from facerender.reenact.common import (FrameSource, OutputSettings, SeamMeter, actor_neutral, choose_audio, frame_schedule,
-                                       load_or_track, paste_crop, side_by_side_frame, square_feather,
-                                       transfer_expression)
+from facerender.reenact.common import (FrameSource, OutputSettings, SeamMeter, actor_neutral, choose_audio,
+                                       frame_schedule, load_or_track, paste_crop, side_by_side_frame,
+                                       square_feather, transfer_expression)
 
 from ..data import ConditioningCache, ConditioningRenderer, ConditioningSettings, \
     crop_boxes_from_pose, crop_reference, dequantize, quantize
@@ -223,18 +224,16 @@ def dvp_reenact(run: PathLike, source: PathLike, target: Optional[PathLike], out
     stills_dir.mkdir(exist_ok=True)
     still_paths: List[Path] = []
     seam = SeamMeter()
-    bar = None
-    if progress:
-        from facerender.progress import progress_bar as tqdm
+    from facerender.progress import progress_bar
 
-        bar = tqdm(total=N, unit="frame", desc="reenact (dvp)")
-    writer = VideoWriter(out / "result.mp4", fps=fps, audio_from=audio, crf=cfg.crf, preset=cfg.preset)
-    side = (VideoWriter(out / "side_by_side.mp4", fps=fps, audio_from=audio, crf=cfg.crf, preset=cfg.preset)
-            if cfg.side_by_side else None)
     W = c.window
     history: Optional[np.ndarray] = None  # the last W - 1 conditioning frames (as the cache stores them)
     t_loop = time.perf_counter()
-    try:
+    # each video is renamed into place when its block ends, and deleted if the block raises (VideoWriter's context)
+    with VideoWriter(out / "result.mp4", fps=fps, audio_from=audio, crf=cfg.crf, preset=cfg.preset) as writer, \
+            (VideoWriter(out / "side_by_side.mp4", fps=fps, audio_from=audio, crf=cfg.crf, preset=cfg.preset)
+             if cfg.side_by_side else nullcontext()) as side, \
+            (progress_bar(total=N, unit="frame", desc="reenact (dvp)") if progress else nullcontext()) as bar:
         for k0 in range(0, N, cfg.batch):
             k1 = min(N, k0 + cfg.batch)
             t0 = time.perf_counter()
@@ -279,17 +278,6 @@ def dvp_reenact(run: PathLike, source: PathLike, target: Optional[PathLike], out
                     still_paths.append(write_image(stills_dir / f"frame{k:05d}_result.png", result))
                 if bar is not None:
                     bar.update(1)
-        writer.close()
-        if side is not None:
-            side.close()
-    except BaseException:
-        writer.abort()
-        if side is not None:
-            side.abort()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
     loop_s = time.perf_counter() - t_loop
     per_frame = {k: timer[k] / max(N, 1) * 1e3 for k in ("decode", "conditioning", "network", "composite", "encode")}
     summary = {

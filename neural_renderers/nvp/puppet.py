@@ -26,12 +26,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
+
+from facerender.progress import progress_bar
 
 from ..errors import DatasetError
 
@@ -252,82 +255,70 @@ def puppet(audio: PathLike, run: PathLike, out_dir: PathLike, config: Optional[P
     timer["decode"] += time.perf_counter() - t0
     stills_dir = out / "stills"
     seam = SeamMeter()
-    bar = None
-    if progress:
-        from facerender.progress import progress_bar as tqdm
-
-        bar = tqdm(total=N, unit="frame", desc="puppet (nvp)")
     tmp_result = out / ".result.noaudio.mp4"
     tmp_side = out / ".side_by_side.noaudio.mp4"
-    writer = VideoWriter(tmp_result, fps=fps, crf=cfg.crf, preset=cfg.preset)
-    side = VideoWriter(tmp_side, fps=fps, crf=cfg.crf, preset=cfg.preset) if cfg.side_by_side else None
     S = c.size
     t_loop = time.perf_counter()
     try:
-        for k0 in range(0, N, cfg.batch):
-            k1 = min(N, k0 + cfg.batch)
-            rows = ti[k0:k1]
-            t0 = time.perf_counter()
-            frames = [tgt_frames.get(int(i)) for i in rows]
-            timer["decode"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                maps = renderer(expr[k0:k1], tgt.rotation[rows], tgt.translation[rows], tgt.sh[rows],
-                                boxes.centre[rows], boxes.side[rows])
-                if cache is not None:
-                    own = np.stack([cache.read("cond", int(i)) for i in rows])
-                else:
-                    own = quantize(renderer(tgt.expression[rows], tgt.rotation[rows], tgt.translation[rows],
-                                            tgt.sh[rows], boxes.centre[rows], boxes.side[rows]), "float16")
-            cond = torch.from_numpy(dequantize(quantize(maps, settings.storage))).to(dev)
-            own_t = torch.from_numpy(dequantize(own)).to(dev)
-            real = torch.stack([crop_face(torch.from_numpy(f), boxes.centre[i], float(boxes.side[i]), S).clamp(0, 1)
-                                for f, i in zip(frames, rows)]).to(dev)
-            timer["conditioning"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            crops, alpha = method.render(cond, real, own_t)
-            crops, alpha = crops.cpu().numpy(), alpha.cpu().numpy()
-            timer["network"] += time.perf_counter() - t0
-            for j, i in enumerate(rows):
-                k = k0 + j
+        # each video is renamed into place when its block ends, and deleted if the block raises (VideoWriter's context)
+        with VideoWriter(tmp_result, fps=fps, crf=cfg.crf, preset=cfg.preset) as writer, \
+                (VideoWriter(tmp_side, fps=fps, crf=cfg.crf, preset=cfg.preset) if cfg.side_by_side
+                 else nullcontext()) as side, \
+                (progress_bar(total=N, unit="frame", desc="puppet (nvp)") if progress else nullcontext()) as bar:
+            for k0 in range(0, N, cfg.batch):
+                k1 = min(N, k0 + cfg.batch)
+                rows = ti[k0:k1]
                 t0 = time.perf_counter()
-                frame = frames[j]
-                if no_face[k]:
-                    result, band = frame, None
-                else:
-                    result, band = paste_crop(frame, crops[j], boxes.centre[i], float(boxes.side[i]), alpha[j])
-                seam.add(result, frame, band)
-                timer["composite"] += time.perf_counter() - t0
+                frames = [tgt_frames.get(int(i)) for i in rows]
+                timer["decode"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                writer.write(result)
-                if side is not None:
-                    side.write(side_by_side_frame([frame, result], ["target", "result (NVP)"], cfg.side_height))
-                timer["encode"] += time.perf_counter() - t0
-                if k in cfg.stills:
-                    stills_dir.mkdir(exist_ok=True)
-                    write_image(stills_dir / f"frame{k:05d}_network.png", (crops[j] * 255 + 0.5).astype(np.uint8))
-                    write_image(stills_dir / f"frame{k:05d}_alpha.png", (alpha[j] * 255 + 0.5).astype(np.uint8))
-                    write_image(stills_dir / f"frame{k:05d}_result.png", result)
-                if bar is not None:
-                    bar.update(1)
-        writer.close()
-        if side is not None:
-            side.close()
+                with torch.no_grad():
+                    maps = renderer(expr[k0:k1], tgt.rotation[rows], tgt.translation[rows], tgt.sh[rows],
+                                    boxes.centre[rows], boxes.side[rows])
+                    if cache is not None:
+                        own = np.stack([cache.read("cond", int(i)) for i in rows])
+                    else:
+                        own = quantize(renderer(tgt.expression[rows], tgt.rotation[rows], tgt.translation[rows],
+                                                tgt.sh[rows], boxes.centre[rows], boxes.side[rows]), "float16")
+                cond = torch.from_numpy(dequantize(quantize(maps, settings.storage))).to(dev)
+                own_t = torch.from_numpy(dequantize(own)).to(dev)
+                real = torch.stack([crop_face(torch.from_numpy(f), boxes.centre[i], float(boxes.side[i]), S).clamp(0, 1)
+                                    for f, i in zip(frames, rows)]).to(dev)
+                timer["conditioning"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                crops, alpha = method.render(cond, real, own_t)
+                crops, alpha = crops.cpu().numpy(), alpha.cpu().numpy()
+                timer["network"] += time.perf_counter() - t0
+                for j, i in enumerate(rows):
+                    k = k0 + j
+                    t0 = time.perf_counter()
+                    frame = frames[j]
+                    if no_face[k]:
+                        result, band = frame, None
+                    else:
+                        result, band = paste_crop(frame, crops[j], boxes.centre[i], float(boxes.side[i]), alpha[j])
+                    seam.add(result, frame, band)
+                    timer["composite"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    writer.write(result)
+                    if side is not None:
+                        side.write(side_by_side_frame([frame, result], ["target", "result (NVP)"], cfg.side_height))
+                    timer["encode"] += time.perf_counter() - t0
+                    if k in cfg.stills:
+                        stills_dir.mkdir(exist_ok=True)
+                        write_image(stills_dir / f"frame{k:05d}_network.png", (crops[j] * 255 + 0.5).astype(np.uint8))
+                        write_image(stills_dir / f"frame{k:05d}_alpha.png", (alpha[j] * 255 + 0.5).astype(np.uint8))
+                        write_image(stills_dir / f"frame{k:05d}_result.png", result)
+                    if bar is not None:
+                        bar.update(1)
         loop_s = time.perf_counter() - t_loop
         # the driving audio under both videos (streamed; each file appears complete or not at all)
         t0 = time.perf_counter()
         mux_audio(tmp_result, audio, out / "result.mp4")
-        if side is not None:
+        if cfg.side_by_side:
             mux_audio(tmp_side, audio, out / "side_by_side.mp4")
         timer["mux"] = time.perf_counter() - t0
-    except BaseException:
-        writer.abort()
-        if side is not None:
-            side.abort()
-        raise
     finally:
-        if bar is not None:
-            bar.close()
         for p in (tmp_result, tmp_side):
             p.unlink(missing_ok=True)
     per_frame = {k: timer[k] / max(N, 1) * 1e3 for k in ("decode", "conditioning", "network", "composite", "encode")}

@@ -100,25 +100,12 @@ def predict_expressions(net, features, times: np.ndarray, identity: int = 0, chu
         features: :class:`~facerender.audio.AudioFeatures` with ``D = net.config.feature_dim``.
         times: frame times. identity: the map to use.
     """
-    cfg = net.config
-    if features.dim != cfg.feature_dim:
-        raise ValueError(f"the audio model takes {cfg.feature_dim}-d features, got {features.dim}-d "
-                         f"({features.kind})")
     times = np.asarray(times, dtype=np.float64)
-    n = times.shape[0]
-    dev = next(net.parameters()).device
-    dt = next(net.parameters()).dtype
-    if n == 0:
-        return np.zeros((0, cfg.num_expressions), np.float32)
-    codes = torch.cat([net.encoder(torch.from_numpy(features.windows(times[i:i + chunk], cfg.window_steps))
-                                   .to(device=dev, dtype=dt)) for i in range(0, n, chunk)])
-    off = torch.as_tensor(cfg.offsets, device=dev)
-    out = []
-    for i in range(0, n, chunk):
-        idx = (torch.arange(i, min(n, i + chunk), device=dev)[:, None] + off[None]).clamp(0, n - 1)
-        filt, _ = net.filter(codes[idx])
-        out.append(net.maps(filt, torch.full((filt.shape[0],), int(identity), device=dev)))
-    return torch.cat(out).float().cpu().numpy()
+    codes = _filtered_codes(net, features, times, chunk)
+    if codes.shape[0] == 0:
+        return np.zeros((0, net.config.num_expressions), np.float32)
+    ids = torch.full((codes.shape[0],), int(identity), device=codes.device)
+    return net.maps(codes, ids).float().cpu().numpy()
 
 
 @dataclass
@@ -222,17 +209,27 @@ def fit_target_map(method: Audio2ExpressionMethod, video: PathLike, track, train
 
 
 @torch.no_grad()
-def _codes(net, feats, times: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    """Filtered codes ``(N, C)`` of frames at ``times`` (chunked as :func:`predict_expressions`)."""
+def _filtered_codes(net, feats, times: np.ndarray, chunk: int = 2048) -> torch.Tensor:
+    """Filtered codes ``(N, C)`` of frames at ``times``, in the network's dtype and device: the encoder on chunks of
+    ``chunk`` frames' windows, the temporal filter on the codes (context beyond the clip repeats its first / last
+    frame, as :meth:`~neural_renderers.nvp.audio2expression.Audio2ExpressionNet.sequence_codes`)."""
     cfg = net.config
+    if feats.dim != cfg.feature_dim:
+        raise ValueError(f"the audio model takes {cfg.feature_dim}-d features, got {feats.dim}-d ({feats.kind})")
     n = len(times)
-    dev = next(net.parameters()).device
-    codes = torch.cat([net.encoder(torch.from_numpy(feats.windows(times[i:i + chunk], cfg.window_steps)).to(dev))
-                       for i in range(0, n, chunk)])
-    off = torch.as_tensor(cfg.offsets, device=dev)
-    out = [net.filter(codes[(torch.arange(i, min(n, i + chunk), device=dev)[:, None] + off[None]).clamp(0, n - 1)])[0]
-           for i in range(0, n, chunk)]
-    return torch.cat(out).cpu().double().numpy()
+    p = next(net.parameters())
+    if n == 0:
+        return p.new_zeros(0, cfg.code_dim)
+    codes = torch.cat([net.encoder(torch.from_numpy(feats.windows(times[i:i + chunk], cfg.window_steps))
+                                   .to(device=p.device, dtype=p.dtype)) for i in range(0, n, chunk)])
+    off = torch.as_tensor(cfg.offsets, device=p.device)
+    return torch.cat([net.filter(codes[(torch.arange(i, min(n, i + chunk), device=p.device)[:, None]
+                                        + off[None]).clamp(0, n - 1)])[0] for i in range(0, n, chunk)])
+
+
+def _codes(net, feats, times: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """:func:`_filtered_codes` as float64 numpy (for the target map's least squares)."""
+    return _filtered_codes(net, feats, times, chunk).cpu().double().numpy()
 
 
 @torch.no_grad()

@@ -135,7 +135,8 @@ class NeuralTexture(nn.Module):
         return [p * self.scale for p in self.pyramid]
 
     def forward(self, uv: torch.Tensor, tile: torch.Tensor) -> torch.Tensor:
-        return sample_tiled(self.textures(), uv.to(self.pyramid[0].dtype), tile)
+        # sampling is linear: scale the samples, not a copy of every level (39 MB per call at the defaults)
+        return sample_tiled(list(self.pyramid), uv.to(self.pyramid[0].dtype), tile) * self.scale
 
     def regularization(self, weights: Sequence[float] = REGULARIZER_WEIGHTS) -> torch.Tensor:
         """``sum_l w_l mean(T_l^2)`` over the levels (finest first; missing weights are 0)."""
